@@ -1,0 +1,181 @@
+"""NumPy reference kernels: the readable version of every kernel minisr calls.
+
+Each function is the contract for the same-named kernel in the other backends: same arguments, same shapes, same dtype
+out. They use only array operations, so they also run unchanged on CuPy arrays (``xp = get_array_module(x)``).
+
+Notation: x is (N, C, H, W); a kernel window is kh x kw; stride (sh, sw); zero padding (ph, pw); the output grid is
+Ho = (H + 2 ph - kh) // sh + 1 by Wo = (W + 2 pw - kw) // sw + 1, and P = Ho * Wo, K = C * kh * kw.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import get_array_module
+
+NAME = "numpy"
+
+
+def out_size(size: int, k: int, stride: int, pad: int) -> int:
+    return (size + 2 * pad - k) // stride + 1
+
+
+# --------------------------------------------------------------------------------------------------- im2col / col2im
+def im2col(x, kh, kw, sh, sw, ph, pw):
+    """Unfold every kh x kw window of the zero-padded x into a column.
+
+    cols[n, (c*kh + u)*kw + v, i*Wo + j] = xp[n, c, i*sh + u, j*sw + v]      shape (N, K, P)
+
+    where xp is x padded by (ph, pw) zeros. Row order (c, u, v) matches an OIHW weight reshaped to (O, K).
+    """
+    xp_ = get_array_module(x)
+    N, C, H, W = x.shape
+    Ho, Wo = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
+    xpad = xp_.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    cols = xp_.empty((N, C, kh, kw, Ho, Wo), dtype=x.dtype)
+    for u in range(kh):
+        for v in range(kw):
+            cols[:, :, u, v] = xpad[:, :, u:u + sh * Ho:sh, v:v + sw * Wo:sw]
+    return cols.reshape(N, C * kh * kw, Ho * Wo)
+
+
+def col2im(cols, x_shape, kh, kw, sh, sw, ph, pw):
+    """The adjoint of im2col: add every column entry back to the input pixel it was copied from.
+
+    dx[n, c, h, w] = sum over (u, v, i, j) with i*sh + u = h + ph and j*sw + v = w + pw of
+                     cols[n, (c*kh + u)*kw + v, i*Wo + j]
+
+    so that <im2col(x), cols> = <x, col2im(cols)> for all x, cols. Returns (N, C, H, W).
+    """
+    xp_ = get_array_module(cols)
+    N, C, H, W = x_shape
+    Ho, Wo = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
+    cols = cols.reshape(N, C, kh, kw, Ho, Wo)
+    dxpad = xp_.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=cols.dtype)
+    for u in range(kh):
+        for v in range(kw):
+            dxpad[:, :, u:u + sh * Ho:sh, v:v + sw * Wo:sw] += cols[:, :, u, v]
+    return dxpad[:, :, ph:ph + H, pw:pw + W]
+
+
+# --------------------------------------------------------------------------------------------------------- GEMMs
+def conv_gemm(w2, cols):
+    """out[n] = w2 @ cols[n]: (O, K) x (N, K, P) -> (N, O, P)."""
+    return get_array_module(cols).matmul(w2, cols)
+
+
+def conv_gemm_weight_grad(g, cols):
+    """dw2 = sum_n g[n] @ cols[n]^T: (N, O, P) x (N, K, P) -> (O, K). The weight-gradient sum over all outputs."""
+    dw = g[0] @ cols[0].T
+    for n in range(1, g.shape[0]):
+        dw += g[n] @ cols[n].T
+    return dw
+
+
+def conv_gemm_input_grad(w2, g):
+    """dcols[n] = w2^T @ g[n]: (O, K) x (N, O, P) -> (N, K, P)."""
+    return get_array_module(g).matmul(w2.T, g)
+
+
+# ---------------------------------------------------------------------------------------------------------- bias
+def bias_add(y, b):
+    """In place: y[n, o, ...] += b[o] for y of shape (N, O, ...). Returns y."""
+    y += b.reshape((1, -1) + (1,) * (y.ndim - 2))
+    return y
+
+
+def bias_grad(g):
+    """db[o] = sum over n and all positions of g[n, o, ...]."""
+    axes = (0,) + tuple(range(2, g.ndim))
+    return g.sum(axis=axes)
+
+
+# ---------------------------------------------------------------------------------------------------- activations
+def relu_forward(x):
+    """y = max(x, 0)."""
+    return get_array_module(x).maximum(x, 0)
+
+
+def relu_backward(g, y):
+    """dx = g where y > 0, else 0 (y is the forward output)."""
+    return g * (y > 0)
+
+
+def leaky_relu_forward(x, slope):
+    """y = x if x > 0 else slope * x."""
+    return get_array_module(x).where(x > 0, x, x * x.dtype.type(slope))
+
+
+def leaky_relu_backward(g, x, slope):
+    """dx = g if x > 0 else slope * g."""
+    return get_array_module(g).where(x > 0, g, g * g.dtype.type(slope))
+
+
+# --------------------------------------------------------------------------------------------------- pixel shuffle
+def pixel_shuffle_forward(x, r):
+    """(N, C*r*r, H, W) -> (N, C, H*r, W*r) with y[n, c, h*r + i, w*r + j] = x[n, c*r*r + i*r + j, h, w]."""
+    N, Crr, H, W = x.shape
+    C = Crr // (r * r)
+    return x.reshape(N, C, r, r, H, W).transpose(0, 1, 4, 2, 5, 3).reshape(N, C, H * r, W * r)
+
+
+def pixel_shuffle_backward(g, r):
+    """The inverse permutation (pixel unshuffle): (N, C, H*r, W*r) -> (N, C*r*r, H, W)."""
+    N, C, Hr, Wr = g.shape
+    H, W = Hr // r, Wr // r
+    return g.reshape(N, C, H, r, W, r).transpose(0, 1, 3, 5, 2, 4).reshape(N, C * r * r, H, W)
+
+
+# ---------------------------------------------------------------------------------------------------------- losses
+def mse_forward(a, b):
+    """mean((a - b)^2) as a 0-d array of a's dtype."""
+    d = a - b
+    return (d * d).sum() / a.dtype.type(a.size)
+
+
+def mse_backward(a, b, g):
+    """d/da mean((a - b)^2) * g = 2 (a - b) g / n  (g: the upstream scalar gradient)."""
+    return (a - b) * a.dtype.type(2.0 * float(g) / a.size)
+
+
+def l1_forward(a, b):
+    """mean(|a - b|) as a 0-d array of a's dtype."""
+    return get_array_module(a).abs(a - b).sum() / a.dtype.type(a.size)
+
+
+def l1_backward(a, b, g):
+    """d/da mean(|a - b|) * g = sign(a - b) g / n, with sign(0) = 0 (as PyTorch)."""
+    return get_array_module(a).sign(a - b) * a.dtype.type(float(g) / a.size)
+
+
+# ------------------------------------------------------------------------------------------------------ optimizers
+def sgd_update(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first):
+    """In place, torch.optim.SGD's rule:  d = g + wd p;  buf = d (first step) or momentum buf + (1 - dampening) d;
+    d = d + momentum buf (Nesterov) or buf;  p -= lr d.  ``buf`` is None when momentum is 0."""
+    t = p.dtype.type
+    d = g + t(weight_decay) * p if weight_decay else g
+    if momentum:
+        if first:
+            buf[...] = d
+        else:
+            buf *= t(momentum)
+            buf += t(1 - dampening) * d
+        d = d + t(momentum) * buf if nesterov else buf
+    p -= t(lr) * d
+
+
+def adam_update(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay):
+    """In place, torch.optim.Adam's rule (L2 weight decay added to the gradient), step counted from 1:
+    d = g + wd p;  m = b1 m + (1 - b1) d;  v = b2 v + (1 - b2) d^2;
+    p -= lr / (1 - b1^step) * m / (sqrt(v) / sqrt(1 - b2^step) + eps)."""
+    xp_ = get_array_module(p)
+    t = p.dtype.type
+    d = g + t(weight_decay) * p if weight_decay else g
+    m *= t(beta1)
+    m += t(1 - beta1) * d
+    v *= t(beta2)
+    v += t(1 - beta2) * d * d
+    bc1 = 1 - beta1 ** step
+    bc2 = 1 - beta2 ** step
+    denom = xp_.sqrt(v) / t(bc2 ** 0.5) + t(eps)
+    p -= t(lr / bc1) * m / denom

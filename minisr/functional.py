@@ -1,0 +1,382 @@
+"""The ops: each one function, forward and backward side by side, calling the backend's kernels.
+
+Every op takes tensors, checks shapes and dtypes (a mismatch is a clear error naming the shapes, never a silent
+broadcast), computes its output with ``be = backend_for(...)`` kernels, and returns it with a ``backward`` closure that
+maps dE/d(output) to dE/d(each input). The docstrings state the equation implemented and the gradient sums computed.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+from .backends import backend_for, get_array_module
+from .tensor import Tensor, make_result
+
+__all__ = [
+    "conv2d", "relu", "leaky_relu", "pixel_shuffle", "mse_loss", "l1_loss", "smoothness_loss", "pad",
+    "add", "sub", "mul", "neg", "pow", "sum", "mean", "reshape", "getitem", "astype",
+]
+
+
+# ------------------------------------------------------------------------------------------------------ checking
+def _tensor(x, name: str) -> Tensor:
+    if isinstance(x, Tensor):
+        return x
+    raise TypeError(f"{name} must be a minisr.Tensor, got {type(x).__name__} (wrap arrays with minisr.Tensor(a))")
+
+
+def _check_ndim(x: Tensor, ndim: int, what: str, layout: str) -> None:
+    if x.ndim != ndim:
+        raise ValueError(f"{what} must be {ndim}-D {layout}, got shape {x.shape}")
+
+
+def _check_same(a: Tensor, b: Tensor, op: str) -> None:
+    if a.shape != b.shape:
+        raise ValueError(f"{op}: shapes {a.shape} and {b.shape} differ (minisr does not broadcast tensors)")
+    if a.dtype != b.dtype:
+        raise TypeError(f"{op}: dtypes {a.dtype} and {b.dtype} differ; convert one with .astype()")
+    if a.device != b.device:
+        raise ValueError(f"{op}: tensors on {a.device} and {b.device}; move one with .to()")
+
+
+def _pair(v, name: str) -> tuple[int, int]:
+    if isinstance(v, numbers.Integral):
+        v = (int(v), int(v))
+    v = tuple(int(t) for t in v)
+    if len(v) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {v}")
+    return v
+
+
+# --------------------------------------------------------------------------------------------------- convolution
+def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0) -> Tensor:
+    """2-D convolution (cross-correlation, as PyTorch), computed as im2col + GEMM.
+
+    Shapes: x (N, C, H, W), weight (O, C, kh, kw) (OIHW), bias (O,), output (N, O, Ho, Wo) with
+    Ho = (H + 2 ph - kh) // sh + 1 and Wo = (W + 2 pw - kw) // sw + 1 for stride (sh, sw) and zero padding (ph, pw).
+
+    Forward, with y the input zero-padded by (ph, pw) -- the seed report's x(i,j) = sum_{c,d} w(c,d) y(i+c, j+d),
+    summed over input channels and strided:
+
+        out[n, o, i, j] = b[o] + sum_{c, u, v} w[o, c, u, v] * y[n, c, i*sh + u, j*sw + v]
+
+    As a GEMM: cols = im2col(x), shape (N, K, P) with K = C*kh*kw, P = Ho*Wo; W2 = w.reshape(O, K);
+    out[n] = W2 @ cols[n] (+ b).
+
+    Backward, g = dE/d(out):
+        dE/dw[o, c, u, v] = sum_{n, i, j} g[n, o, i, j] * y[n, c, i*sh + u, j*sw + v]   (dW2 = sum_n g[n] @ cols[n]^T)
+        dE/db[o]          = sum_{n, i, j} g[n, o, i, j]
+        dE/dx             = col2im(W2^T @ g[n])      (col2im is the adjoint of im2col; the padding is cut off)
+    """
+    x, weight = _tensor(x, "conv2d input"), _tensor(weight, "conv2d weight")
+    _check_ndim(x, 4, "conv2d input", "(N, C, H, W)")
+    _check_ndim(weight, 4, "conv2d weight", "(O, C, kh, kw)")
+    N, C, H, W = x.shape
+    O, Cw, kh, kw = weight.shape
+    (sh, sw), (ph, pw) = _pair(stride, "stride"), _pair(padding, "padding")
+    if Cw != C:
+        raise ValueError(f"conv2d: input {x.shape} has {C} channels but weight {weight.shape} expects {Cw}")
+    if sh < 1 or sw < 1 or ph < 0 or pw < 0:
+        raise ValueError(f"conv2d: stride must be >= 1 and padding >= 0, got stride {(sh, sw)} padding {(ph, pw)}")
+    if H + 2 * ph < kh or W + 2 * pw < kw:
+        raise ValueError(f"conv2d: kernel {kh}x{kw} is larger than the padded input {H + 2 * ph}x{W + 2 * pw} "
+                         f"(input {x.shape}, padding {(ph, pw)})")
+    if x.dtype != weight.dtype:
+        raise TypeError(f"conv2d: input dtype {x.dtype} and weight dtype {weight.dtype} differ")
+    parents = [x, weight]
+    if bias is not None:
+        bias = _tensor(bias, "conv2d bias")
+        if bias.shape != (O,):
+            raise ValueError(f"conv2d: bias shape {bias.shape}, expected ({O},) for weight {weight.shape}")
+        if bias.dtype != x.dtype:
+            raise TypeError(f"conv2d: bias dtype {bias.dtype} differs from input dtype {x.dtype}")
+        parents.append(bias)
+
+    be = backend_for(x.data, weight.data)
+    Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+    w2 = weight.data.reshape(O, C * kh * kw)
+    cols = be.im2col(x.data, kh, kw, sh, sw, ph, pw)  # (N, K, P)
+    out = be.conv_gemm(w2, cols)  # (N, O, P)
+    if bias is not None:
+        be.bias_add(out, bias.data)
+    out = out.reshape(N, O, Ho, Wo)
+
+    def backward(g):
+        g = g.reshape(N, O, Ho * Wo)
+        dx = dw = db = None
+        if x.requires_grad:
+            dx = be.col2im(be.conv_gemm_input_grad(w2, g), x.shape, kh, kw, sh, sw, ph, pw)
+        if weight.requires_grad:
+            dw = be.conv_gemm_weight_grad(g, cols).reshape(weight.shape)
+        if bias is not None and bias.requires_grad:
+            db = be.bias_grad(g)
+        return (dx, dw, db)[:len(parents)]
+
+    return make_result(out, parents, backward, "conv2d")
+
+
+# ---------------------------------------------------------------------------------------------------- activations
+def relu(x: Tensor) -> Tensor:
+    """y = max(x, 0);  dE/dx = dE/dy * [y > 0]."""
+    x = _tensor(x, "relu input")
+    be = backend_for(x.data)
+    y = be.relu_forward(x.data)
+    return make_result(y, [x], lambda g: (be.relu_backward(g, y),), "relu")
+
+
+def leaky_relu(x: Tensor, negative_slope: float = 0.01) -> Tensor:
+    """y = x if x > 0 else a x;  dE/dx = dE/dy * (1 if x > 0 else a)."""
+    x = _tensor(x, "leaky_relu input")
+    be = backend_for(x.data)
+    y = be.leaky_relu_forward(x.data, negative_slope)
+    return make_result(y, [x], lambda g: (be.leaky_relu_backward(g, x.data, negative_slope),), "leaky_relu")
+
+
+# -------------------------------------------------------------------------------------------------- pixel shuffle
+def pixel_shuffle(x: Tensor, upscale_factor: int) -> Tensor:
+    """Sub-pixel rearrangement (N, C*r*r, H, W) -> (N, C, H*r, W*r), PyTorch's channel order (C, r, r):
+
+        out[n, c, h*r + i, w*r + j] = x[n, c*r*r + i*r + j, h, w]
+
+    A permutation, so the backward is the inverse permutation (pixel unshuffle) of the gradient.
+    """
+    x = _tensor(x, "pixel_shuffle input")
+    _check_ndim(x, 4, "pixel_shuffle input", "(N, C*r*r, H, W)")
+    r = int(upscale_factor)
+    if r < 1 or x.shape[1] % (r * r):
+        raise ValueError(f"pixel_shuffle: {x.shape[1]} channels (input {x.shape}) is not divisible by "
+                         f"upscale_factor^2 = {r * r}")
+    be = backend_for(x.data)
+    y = be.pixel_shuffle_forward(x.data, r)
+    return make_result(y, [x], lambda g: (be.pixel_shuffle_backward(g, r),), "pixel_shuffle")
+
+
+# ---------------------------------------------------------------------------------------------------------- losses
+def _loss_inputs(pred, target, op):
+    pred = _tensor(pred, f"{op} input")
+    target = target if isinstance(target, Tensor) else Tensor(target, dtype=pred.dtype)
+    _check_same(pred, target, op)
+    return pred, target
+
+
+def mse_loss(pred: Tensor, target) -> Tensor:
+    """E = mean((pred - target)^2) over all n elements;  dE/dpred = 2 (pred - target) / n = -dE/dtarget."""
+    pred, target = _loss_inputs(pred, target, "mse_loss")
+    be = backend_for(pred.data)
+    loss = be.mse_forward(pred.data, target.data)
+
+    def backward(g):
+        d = be.mse_backward(pred.data, target.data, g)
+        return d, (-d if target.requires_grad else None)
+
+    return make_result(loss, [pred, target], backward, "mse_loss")
+
+
+def l1_loss(pred: Tensor, target) -> Tensor:
+    """E = mean(|pred - target|);  dE/dpred = sign(pred - target) / n = -dE/dtarget (sign(0) = 0, as PyTorch)."""
+    pred, target = _loss_inputs(pred, target, "l1_loss")
+    be = backend_for(pred.data)
+    loss = be.l1_forward(pred.data, target.data)
+
+    def backward(g):
+        d = be.l1_backward(pred.data, target.data, g)
+        return d, (-d if target.requires_grad else None)
+
+    return make_result(loss, [pred, target], backward, "l1_loss")
+
+
+def smoothness_loss(x: Tensor) -> Tensor:
+    """The seed report's smoothness prior on an output image batch x (N, C, H, W):
+
+        S = sum (x[..., i, j+1] - x[..., i, j])^2 + sum (x[..., i+1, j] - x[..., i, j])^2
+
+    (a sum, not a mean: the caller scales it by lambda). With dh = horizontal and dv = vertical differences,
+    dS/dx[.., i, j] = 2 (dh[.., i, j-1] - dh[.., i, j]) + 2 (dv[.., i-1, j] - dv[.., i, j]) (missing terms are 0).
+    """
+    x = _tensor(x, "smoothness_loss input")
+    _check_ndim(x, 4, "smoothness_loss input", "(N, C, H, W)")
+    xp = get_array_module(x.data)
+    dh = x.data[..., :, 1:] - x.data[..., :, :-1]
+    dv = x.data[..., 1:, :] - x.data[..., :-1, :]
+    s = (dh * dh).sum() + (dv * dv).sum()
+
+    def backward(g):
+        two_g = x.dtype.type(2.0 * float(g))
+        gx = xp.zeros_like(x.data)
+        gx[..., :, 1:] += two_g * dh
+        gx[..., :, :-1] -= two_g * dh
+        gx[..., 1:, :] += two_g * dv
+        gx[..., :-1, :] -= two_g * dv
+        return (gx,)
+
+    return make_result(xp.asarray(s, dtype=x.dtype), [x], backward, "smoothness_loss")
+
+
+# ------------------------------------------------------------------------------------------------------------ pad
+def pad(x: Tensor, pad, mode: str = "constant", value: float = 0.0) -> Tensor:
+    """Pad the last two axes, PyTorch's argument order: ``pad = (left, right, top, bottom)`` (or (left, right) for W).
+
+    mode "constant" fills ``value``; "replicate" repeats the edge pixel; "reflect" mirrors without repeating it.
+    Every output pixel is a copy of one input pixel (or the constant), out = x[..., ih[a], iw[b]], so the backward adds
+    each output gradient back to the pixel it was copied from (the adjoint of that gather).
+    """
+    x = _tensor(x, "pad input")
+    pad = tuple(int(p) for p in pad)
+    if len(pad) == 2:
+        pad = pad + (0, 0)
+    if len(pad) != 4 or min(pad) < 0:
+        raise ValueError(f"pad must be (left, right) or (left, right, top, bottom) of non-negative ints, got {pad}")
+    if x.ndim < 2:
+        raise ValueError(f"pad needs at least 2 dimensions, got shape {x.shape}")
+    left, right, top, bottom = pad
+    H, W = x.shape[-2:]
+    xp = get_array_module(x.data)
+    lead = (slice(None),) * (x.ndim - 2)
+    if mode == "constant":
+        y = xp.full(x.shape[:-2] + (H + top + bottom, W + left + right), value, dtype=x.dtype)
+        y[lead + (slice(top, top + H), slice(left, left + W))] = x.data
+
+        def backward(g):
+            return (g[lead + (slice(top, top + H), slice(left, left + W))],)
+
+        return make_result(y, [x], backward, "pad")
+    if mode not in ("replicate", "reflect"):
+        raise ValueError(f"pad mode {mode!r}: use 'constant', 'replicate' or 'reflect'")
+    if mode == "reflect" and (max(top, bottom) >= H or max(left, right) >= W):
+        raise ValueError(f"reflect padding {pad} must be smaller than the input size {(H, W)}")
+
+    def source_index(n, before, after):
+        i = xp.arange(-before, n + after)
+        if mode == "replicate":
+            return xp.clip(i, 0, n - 1)
+        i = xp.abs(i)
+        return xp.where(i > n - 1, 2 * (n - 1) - i, i)
+
+    ih, iw = source_index(H, top, bottom), source_index(W, left, right)
+    y = x.data[lead + (ih[:, None], iw[None, :])]
+
+    def backward(g):
+        gx = xp.zeros_like(x.data)
+        gw = xp.zeros(g.shape[:-1] + (W,), dtype=g.dtype)
+        _scatter_add_last(gw, iw, g)
+        _scatter_add_last(gx.swapaxes(-1, -2), ih, gw.swapaxes(-1, -2))
+        return (gx,)
+
+    return make_result(y, [x], backward, "pad")
+
+
+def _scatter_add_last(dst, index, src):
+    """dst[..., index[k]] += src[..., k] for every k (repeated indices add up)."""
+    for k in range(len(index)):
+        dst[..., int(index[k])] += src[..., k]
+
+
+# ------------------------------------------------------------------------------------------------- elementwise
+def _scalar_or_same(a: Tensor, b, op: str):
+    if isinstance(b, numbers.Number):
+        return None
+    b = _tensor(b, f"{op} operand")
+    _check_same(a, b, op)
+    return b
+
+
+def add(a: Tensor, b) -> Tensor:
+    """y = a + b (b a tensor of the same shape, or a number);  dE/da = dE/db = dE/dy."""
+    tb = _scalar_or_same(a, b, "add")
+    if tb is None:
+        return make_result(a.data + a.dtype.type(b), [a], lambda g: (g,), "add")
+    return make_result(a.data + tb.data, [a, tb], lambda g: (g, g), "add")
+
+
+def sub(a: Tensor, b) -> Tensor:
+    """y = a - b;  dE/da = dE/dy, dE/db = -dE/dy."""
+    tb = _scalar_or_same(a, b, "sub")
+    if tb is None:
+        return make_result(a.data - a.dtype.type(b), [a], lambda g: (g,), "sub")
+    return make_result(a.data - tb.data, [a, tb], lambda g: (g, -g), "sub")
+
+
+def mul(a: Tensor, b) -> Tensor:
+    """y = a * b (elementwise);  dE/da = dE/dy * b, dE/db = dE/dy * a."""
+    tb = _scalar_or_same(a, b, "mul")
+    if tb is None:
+        s = a.dtype.type(b)
+        return make_result(a.data * s, [a], lambda g: (g * s,), "mul")
+    return make_result(a.data * tb.data, [a, tb], lambda g: (g * tb.data, g * a.data), "mul")
+
+
+def neg(a: Tensor) -> Tensor:
+    """y = -a;  dE/da = -dE/dy."""
+    return make_result(-a.data, [a], lambda g: (-g,), "neg")
+
+
+def pow(a: Tensor, exponent: float) -> Tensor:
+    """y = a^p for a number p;  dE/da = dE/dy * p a^(p-1)."""
+    if not isinstance(exponent, numbers.Number):
+        raise TypeError("pow: the exponent must be a number")
+    p = a.dtype.type(exponent)
+    return make_result(a.data ** p, [a], lambda g: (g * p * a.data ** (p - 1),), "pow")
+
+
+def astype(a: Tensor, dtype) -> Tensor:
+    """A cast between float32 and float64; the gradient is cast back."""
+    src = a.dtype
+    y = a.data.astype(dtype)
+    if y.dtype.kind != "f" or y.dtype.itemsize not in (4, 8):
+        raise TypeError(f"astype: minisr tensors are float32 or float64, not {y.dtype}")
+    return make_result(y, [a], lambda g: (g.astype(src),), "astype")
+
+
+# ----------------------------------------------------------------------------------------------- shape and reduce
+def _norm_axes(axis, ndim):
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, numbers.Integral) else tuple(axis)
+    return tuple(sorted(int(a) % ndim for a in axes))
+
+
+def sum(a: Tensor, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001 - mirrors torch.sum
+    """y = sum of a over ``axis`` (all by default);  dE/da = dE/dy broadcast back over the summed axes."""
+    xp = get_array_module(a.data)
+    axes = _norm_axes(axis, a.ndim)
+    y = xp.asarray(a.data.sum(axis=axes, keepdims=keepdims))
+
+    def backward(g):
+        if not keepdims:
+            g = g.reshape(tuple(1 if i in axes else n for i, n in enumerate(a.shape)))
+        return (xp.broadcast_to(g, a.shape).copy(),)
+
+    return make_result(y, [a], backward, "sum")
+
+
+def mean(a: Tensor, axis=None, keepdims: bool = False) -> Tensor:
+    """y = mean of a over ``axis``;  dE/da = dE/dy / (number of elements averaged), broadcast back."""
+    axes = _norm_axes(axis, a.ndim)
+    count = 1
+    for i in axes:
+        count *= a.shape[i]
+    return mul(sum(a, axes, keepdims), 1.0 / count)
+
+
+def reshape(a: Tensor, shape) -> Tensor:
+    """A view with another shape of the same size;  dE/da = dE/dy reshaped back."""
+    try:
+        y = a.data.reshape(shape)
+    except ValueError as e:
+        raise ValueError(f"reshape: cannot reshape {a.shape} into {tuple(shape)}") from e
+    return make_result(y, [a], lambda g: (g.reshape(a.shape),), "reshape")
+
+
+def getitem(a: Tensor, index) -> Tensor:
+    """y = a[index] (basic slicing, e.g. the valid centre of an image);  dE/da is dE/dy placed at index, 0 elsewhere."""
+    if isinstance(index, Tensor):
+        raise TypeError("indexing with a tensor is not supported; use slices or integers")
+    xp = get_array_module(a.data)
+    y = a.data[index]
+
+    def backward(g):
+        ga = xp.zeros_like(a.data)
+        ga[index] += g
+        return (ga,)
+
+    return make_result(xp.ascontiguousarray(y), [a], backward, "getitem")

@@ -1,0 +1,251 @@
+"""Modules, as in ``torch.nn``: parameters registered by attribute, ``state_dict``, ``train()/eval()``, ``to(device)``."""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import numpy as np
+
+from . import functional as F
+from . import random as mrandom
+from .device import to_device
+from .tensor import Tensor
+
+__all__ = ["Parameter", "Module", "Conv2d", "ReLU", "LeakyReLU", "PixelShuffle", "Sequential", "Identity"]
+
+
+class Parameter(Tensor):
+    """A tensor that a Module registers as trainable (requires_grad=True)."""
+
+    def __init__(self, data, requires_grad: bool = True, dtype=None):
+        super().__init__(data, requires_grad=requires_grad, dtype=dtype)
+
+
+class Module:
+    """Base class: assign Parameters and Modules as attributes and they are found by ``parameters()``."""
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise RuntimeError(f"{type(self).__name__}.__init__ must call super().__init__() before setting {name!r}")
+        for store in (self._parameters, self._buffers, self._modules):
+            store.pop(name, None)
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def register_buffer(self, name: str, value: Tensor) -> None:
+        """A tensor that is state (saved, moved with ``to``) but not trained, e.g. EDSR's RGB mean."""
+        self.__setattr__(name, value)
+        self._buffers[name] = value
+
+    # --------------------------------------------------------------------------------------------------- forward
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} defines no forward()")
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    # --------------------------------------------------------------------------------------------------- traversal
+    def named_modules(self, prefix: str = ""):
+        yield prefix, self
+        for name, m in self._modules.items():
+            yield from m.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def children(self):
+        return iter(self._modules.values())
+
+    def modules(self):
+        for _, m in self.named_modules():
+            yield m
+
+    def named_parameters(self, prefix: str = ""):
+        for mod_name, m in self.named_modules(prefix):
+            for name, p in m._parameters.items():
+                yield (f"{mod_name}.{name}" if mod_name else name), p
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def named_buffers(self):
+        for mod_name, m in self.named_modules():
+            for name, b in m._buffers.items():
+                yield (f"{mod_name}.{name}" if mod_name else name), b
+
+    def num_parameters(self) -> int:
+        return sum(p.size for p in self.parameters())
+
+    # --------------------------------------------------------------------------------------------------- state
+    def state_dict(self) -> OrderedDict:
+        """Name -> NumPy array copy of every parameter and buffer (host memory, ready for ``np.savez``)."""
+        out = OrderedDict()
+        for name, t in list(self.named_parameters()) + list(self.named_buffers()):
+            out[name] = np.array(t.numpy(), copy=True)
+        return out
+
+    def load_state_dict(self, state, strict: bool = True) -> None:
+        """Copy arrays into the parameters and buffers; names and shapes must match (errors list them)."""
+        own = OrderedDict(list(self.named_parameters()) + list(self.named_buffers()))
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        if strict and (missing or unexpected):
+            raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
+        for name, t in own.items():
+            if name not in state:
+                continue
+            value = np.asarray(state[name]) if not hasattr(state[name], "device") else state[name]
+            if tuple(value.shape) != t.shape:
+                raise ValueError(f"load_state_dict: {name} has shape {tuple(value.shape)} in the state, "
+                                 f"{t.shape} in the model")
+            t.data = to_device(value.astype(t.dtype, copy=True), t.device)
+            t.grad = None
+
+    # --------------------------------------------------------------------------------------------------- modes
+    def train(self, mode: bool = True):
+        for m in self.modules():
+            object.__setattr__(m, "training", mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.grad = None
+
+    def to(self, device=None, dtype=None):
+        """Move every parameter and buffer to ``device`` and/or cast to ``dtype`` in place; returns self."""
+        for t in list(self.parameters()) + [b for _, b in self.named_buffers()]:
+            data = t.data
+            if dtype is not None:
+                data = data.astype(dtype)
+            if device is not None:
+                data = to_device(data, device)
+            t.data = data
+            t.grad = None
+        return self
+
+    def double(self):
+        return self.to(dtype=np.float64)
+
+    def float(self):
+        return self.to(dtype=np.float32)
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        for name, m in self._modules.items():
+            sub = repr(m).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {sub}")
+        return "\n".join(lines) + (")" if len(lines) == 1 else "\n)")
+
+
+class Conv2d(Module):
+    """``Conv2d(in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, init="default", std=1e-3)``.
+
+    Weight (out, in, k, k) (OIHW), bias (out,). ``init``:
+      * "default": PyTorch's (kaiming_uniform with a = sqrt(5)): weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in));
+      * "gaussian": weight ~ N(0, std^2), bias 0 (SRCNN's 0.001);
+      * "he": weight ~ N(0, 2 / fan_in), bias 0 (He et al., used by VDSR).
+    ``padding="same"`` pads k // 2 (odd kernels, stride 1).
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
+                 init="default", std=1e-3, dtype=np.float32):
+        super().__init__()
+        k = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+        if padding == "same":
+            if k[0] % 2 == 0 or k[1] % 2 == 0 or stride != 1:
+                raise ValueError("padding='same' needs odd kernels and stride 1")
+            padding = (k[0] // 2, k[1] // 2)
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, k
+        self.stride, self.padding = stride, padding
+        fan_in = in_channels * k[0] * k[1]
+        shape = (out_channels, in_channels) + k
+        rng = mrandom.generator()
+        if init == "default":
+            bound = 1.0 / math.sqrt(fan_in)
+            w = rng.uniform(-bound, bound, shape)
+            b = rng.uniform(-bound, bound, out_channels)
+        elif init == "gaussian":
+            w, b = rng.normal(0.0, std, shape), np.zeros(out_channels)
+        elif init == "he":
+            w, b = rng.normal(0.0, math.sqrt(2.0 / fan_in), shape), np.zeros(out_channels)
+        else:
+            raise ValueError(f"Conv2d init {init!r}: use 'default', 'gaussian' or 'he'")
+        self.weight = Parameter(w.astype(dtype))
+        self.bias = Parameter(b.astype(dtype)) if bias else None
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}")
+
+
+class ReLU(Module):
+    def forward(self, x):
+        return F.relu(x)
+
+
+class LeakyReLU(Module):
+    def __init__(self, negative_slope: float = 0.01):
+        super().__init__()
+        self.negative_slope = negative_slope
+
+    def forward(self, x):
+        return F.leaky_relu(x, self.negative_slope)
+
+    def extra_repr(self):
+        return f"negative_slope={self.negative_slope}"
+
+
+class PixelShuffle(Module):
+    def __init__(self, upscale_factor: int):
+        super().__init__()
+        self.upscale_factor = upscale_factor
+
+    def forward(self, x):
+        return F.pixel_shuffle(x, self.upscale_factor)
+
+    def extra_repr(self):
+        return f"upscale_factor={self.upscale_factor}"
+
+
+class Identity(Module):
+    def forward(self, x):
+        return x
+
+
+class Sequential(Module):
+    """Modules applied in order; children are named "0", "1", ... as in PyTorch."""
+
+    def __init__(self, *modules):
+        super().__init__()
+        for i, m in enumerate(modules):
+            setattr(self, str(i), m)
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __getitem__(self, i):
+        return list(self._modules.values())[i]
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def forward(self, x):
+        for m in self._modules.values():
+            x = m(x)
+        return x

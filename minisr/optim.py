@@ -1,0 +1,180 @@
+"""Optimizers with torch.optim's update rules and interface, a step learning-rate schedule, and gradient clipping.
+
+The update arithmetic is a backend kernel (``sgd_update`` / ``adam_update``), applied in place to each parameter.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .backends import backend_for, get_array_module
+from .device import to_device
+
+__all__ = ["Optimizer", "SGD", "Adam", "StepLR", "clip_grad_norm_", "clip_grad_value_"]
+
+
+class Optimizer:
+    """Holds ``param_groups`` (a list of dicts with "params" and the hyper-parameters) and per-parameter ``state``."""
+
+    defaults: dict = {}
+
+    def __init__(self, params, **hyper):
+        params = list(params)
+        if not params:
+            raise ValueError(f"{type(self).__name__} got an empty parameter list")
+        groups = params if isinstance(params[0], dict) else [{"params": params}]
+        self.param_groups = []
+        for g in groups:
+            group = dict(self.defaults, **hyper)
+            group.update(g)
+            group["params"] = list(group["params"])
+            self.param_groups.append(group)
+        self.state: dict[int, dict] = {}  # keyed by the parameter's position across groups
+
+    def _params(self):
+        i = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                yield i, group, p
+                i += 1
+
+    @property
+    def lr(self) -> float:
+        return self.param_groups[0]["lr"]
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        for g in self.param_groups:
+            g["lr"] = value
+
+    def zero_grad(self) -> None:
+        for _, _, p in self._params():
+            p.grad = None
+
+    def step(self) -> None:
+        for i, group, p in self._params():
+            if p.grad is not None:
+                self._update(p, group, self.state.setdefault(i, {}))
+
+    def _update(self, p, group, state):
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """Flat dict of arrays and numbers (np.savez friendly): hyper-parameters per group, state per parameter."""
+        out = {}
+        for gi, group in enumerate(self.param_groups):
+            for k, v in group.items():
+                if k != "params":
+                    out[f"group{gi}.{k}"] = np.asarray(v)
+        for i, st in self.state.items():
+            for k, v in st.items():
+                out[f"state{i}.{k}"] = np.array(v.get() if hasattr(v, "get") else v, copy=True)
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        for gi, group in enumerate(self.param_groups):
+            for k in list(group):
+                key = f"group{gi}.{k}"
+                if k != "params" and key in state:
+                    v = np.asarray(state[key])
+                    group[k] = v.item() if v.ndim == 0 else tuple(v.tolist())
+        params = {i: p for i, _, p in self._params()}
+        self.state = {}
+        for key, v in state.items():
+            if not key.startswith("state"):
+                continue
+            head, name = key.split(".", 1)
+            i = int(head[len("state"):])
+            if i not in params:
+                raise KeyError(f"optimizer state for parameter {i}, but the optimizer has {len(params)} parameters")
+            p = params[i]
+            v = np.asarray(v)
+            if v.ndim and v.shape != p.shape:
+                raise ValueError(f"optimizer state {key} has shape {v.shape}, parameter {i} has {p.shape}")
+            self.state.setdefault(i, {})[name] = v.item() if v.ndim == 0 else to_device(v.astype(p.dtype), p.device)
+
+
+class SGD(Optimizer):
+    """``SGD(params, lr, momentum=0, dampening=0, weight_decay=0, nesterov=False)``, torch.optim.SGD's rule."""
+
+    defaults = dict(lr=1e-2, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False)
+
+    def __init__(self, params, lr=1e-2, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
+        if lr < 0 or momentum < 0 or weight_decay < 0:
+            raise ValueError(f"SGD: lr {lr}, momentum {momentum} and weight_decay {weight_decay} must be >= 0")
+        super().__init__(params, lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                         nesterov=nesterov)
+
+    def _update(self, p, group, state):
+        first = "momentum_buffer" not in state
+        if group["momentum"] and first:
+            state["momentum_buffer"] = get_array_module(p.data).empty_like(p.data)
+        backend_for(p.data).sgd_update(p.data, p.grad, state.get("momentum_buffer"), group["lr"], group["momentum"],
+                                       group["dampening"], group["weight_decay"], group["nesterov"], first)
+
+
+class Adam(Optimizer):
+    """``Adam(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0)``, torch.optim.Adam's rule."""
+
+    defaults = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        if lr < 0 or eps < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
+            raise ValueError(f"Adam: invalid lr {lr}, betas {betas} or eps {eps}")
+        super().__init__(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+
+    def _update(self, p, group, state):
+        if "step" not in state:
+            xp = get_array_module(p.data)
+            state.update(step=0, exp_avg=xp.zeros_like(p.data), exp_avg_sq=xp.zeros_like(p.data))
+        state["step"] += 1
+        b1, b2 = group["betas"]
+        backend_for(p.data).adam_update(p.data, p.grad, state["exp_avg"], state["exp_avg_sq"], state["step"],
+                                        group["lr"], b1, b2, group["eps"], group["weight_decay"])
+
+
+class StepLR:
+    """Multiply the learning rate by ``gamma`` every ``step_size`` calls of ``step()`` (one call per epoch)."""
+
+    def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1):
+        self.optimizer, self.step_size, self.gamma = optimizer, int(step_size), float(gamma)
+        self.base_lrs = [g["lr"] for g in optimizer.param_groups]
+        self.last_epoch = 0
+
+    def step(self) -> None:
+        self.last_epoch += 1
+        factor = self.gamma ** (self.last_epoch // self.step_size)
+        for g, base in zip(self.optimizer.param_groups, self.base_lrs):
+            g["lr"] = base * factor
+
+    def get_last_lr(self) -> list[float]:
+        return [g["lr"] for g in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict:
+        return {"last_epoch": self.last_epoch, "base_lrs": list(self.base_lrs)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.last_epoch = int(state["last_epoch"])
+        self.base_lrs = [float(v) for v in np.asarray(state["base_lrs"]).ravel()]
+
+
+def clip_grad_norm_(params, max_norm: float) -> float:
+    """Scale all gradients together so their global L2 norm is at most ``max_norm``; returns the norm before."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    total = math.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in grads))
+    coef = max_norm / (total + 1e-6)
+    if coef < 1:
+        for g in grads:
+            g *= g.dtype.type(coef)
+    return total
+
+
+def clip_grad_value_(params, clip_value: float) -> None:
+    """Clip every gradient element into [-clip_value, clip_value] (VDSR's adjustable clipping uses theta / lr)."""
+    for p in params:
+        if p.grad is not None:
+            get_array_module(p.grad).clip(p.grad, -clip_value, clip_value, out=p.grad)

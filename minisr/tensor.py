@@ -1,0 +1,308 @@
+"""Eager tensors with reverse-mode automatic differentiation.
+
+A :class:`Tensor` holds a backend array (``.data``: NumPy on the CPU, CuPy on a GPU) and, when it was made by an op on
+tensors that require gradients, the op's *context*: its parent tensors and a ``backward`` function that maps the
+gradient of the output to the gradients of the parents. ``loss.backward()`` visits the graph in reverse topological
+order and accumulates ``.grad`` on the leaves (the parameters), as PyTorch does.
+
+Every op is written in :mod:`minisr.functional` as one function whose forward and backward sit side by side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import numpy as np
+
+from .backends import get_array_module, is_cupy_array
+
+_FLOATS = (np.float32, np.float64)
+_state = threading.local()
+
+
+def is_grad_enabled() -> bool:
+    return getattr(_state, "grad_enabled", True)
+
+
+@contextlib.contextmanager
+def no_grad():
+    """Inside this block ops record no graph (inference, optimizer updates)."""
+    prev = is_grad_enabled()
+    _state.grad_enabled = False
+    try:
+        yield
+    finally:
+        _state.grad_enabled = prev
+
+
+@contextlib.contextmanager
+def enable_grad():
+    prev = is_grad_enabled()
+    _state.grad_enabled = True
+    try:
+        yield
+    finally:
+        _state.grad_enabled = prev
+
+
+def _as_array(data, dtype=None):
+    """Validate and convert user data: float32 / float64 arrays are kept, Python numbers become float32."""
+    if isinstance(data, Tensor):
+        data = data.data
+    if is_cupy_array(data):
+        arr = data
+    elif isinstance(data, np.ndarray):
+        arr = data
+    elif isinstance(data, (int, float, list, tuple)) and not isinstance(data, bool):
+        arr = np.asarray(data, dtype=dtype or np.float32)
+    else:
+        raise TypeError(f"Tensor data must be a float array, a number or a list of numbers, got {type(data).__name__}")
+    if dtype is not None:
+        arr = arr.astype(dtype, copy=False)
+    if arr.dtype.type not in _FLOATS:
+        raise TypeError(f"minisr tensors hold float32 or float64 data, got {arr.dtype}; "
+                        "convert first, e.g. x.astype(np.float32) (images: divide uint8 by 255)")
+    return arr
+
+
+class Tensor:
+    """An n-dimensional float array that can record the ops applied to it.
+
+    ``Tensor(data, requires_grad=False, dtype=None)``: data is a float32/float64 NumPy (or CuPy) array, a number or a
+    nested list (made float32). Integer and boolean arrays are refused, so a uint8 image is never silently used.
+    """
+
+    __array_priority__ = 1000  # ndarray (op) Tensor defers to Tensor's reflected operators
+
+    def __init__(self, data, requires_grad: bool = False, dtype=None):
+        self.data = _as_array(data, dtype)
+        self.grad = None
+        self.requires_grad = bool(requires_grad)
+        self._ctx = None  # (parents, backward_fn, op_name) for op outputs that need gradients
+        self.name = None  # parameters get their module path here (used by graph views)
+
+    # ------------------------------------------------------------------------------------------------ properties
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.data.shape)
+
+    @property
+    def ndim(self) -> int:
+        return self.data.ndim
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def size(self) -> int:
+        return int(self.data.size)
+
+    @property
+    def device(self) -> str:
+        return "cuda" if is_cupy_array(self.data) else "cpu"
+
+    @property
+    def is_leaf(self) -> bool:
+        return self._ctx is None
+
+    @property
+    def op(self) -> str:
+        return self._ctx[2] if self._ctx else "leaf"
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __repr__(self):
+        extra = ", requires_grad=True" if self.requires_grad else ""
+        if self._ctx:
+            extra += f", op={self.op}"
+        return f"Tensor(shape={self.shape}, dtype={self.dtype}, device={self.device}{extra})"
+
+    # ------------------------------------------------------------------------------------------------ conversion
+    def numpy(self) -> np.ndarray:
+        """The data as a NumPy array (copied to the host for GPU tensors)."""
+        if is_cupy_array(self.data):
+            return self.data.get()
+        return self.data
+
+    def item(self) -> float:
+        if self.size != 1:
+            raise ValueError(f"item() needs a tensor with one element, got shape {self.shape}")
+        return float(self.numpy().reshape(()))
+
+    def detach(self) -> Tensor:
+        """A tensor sharing the data, cut from the graph."""
+        return Tensor(self.data)
+
+    def astype(self, dtype) -> Tensor:
+        from . import functional as F
+
+        return F.astype(self, dtype)
+
+    def float(self) -> Tensor:
+        return self.astype(np.float32)
+
+    def double(self) -> Tensor:
+        return self.astype(np.float64)
+
+    def to(self, device) -> Tensor:
+        """Move to ``"cpu"`` or ``"cuda"``; returns self when already there. The copy is a new leaf."""
+        from .device import to_device
+
+        data = to_device(self.data, device)
+        if data is self.data:
+            return self
+        out = Tensor(data, requires_grad=self.requires_grad)
+        out.name = self.name
+        return out
+
+    def requires_grad_(self, flag: bool = True) -> Tensor:
+        self.requires_grad = flag
+        return self
+
+    def zero_grad(self) -> None:
+        self.grad = None
+
+    # ------------------------------------------------------------------------------------------------- backward
+    def backward(self, grad=None) -> None:
+        """Reverse-mode sweep from this tensor: accumulate d(self)/d(leaf) * grad into every leaf's ``.grad``.
+
+        ``grad`` defaults to 1 for a scalar; a non-scalar needs an explicit gradient of its own shape. As in PyTorch the
+        graph is freed as it is consumed: call backward once per forward.
+        """
+        if not self.requires_grad:
+            raise RuntimeError("backward() on a tensor that does not require grad: no parameter or input with "
+                               "requires_grad=True took part in computing it (or it was computed under no_grad())")
+        xp = get_array_module(self.data)
+        if grad is None:
+            if self.size != 1:
+                raise ValueError(f"backward() without a gradient needs a scalar, got shape {self.shape}; "
+                                 "reduce it (e.g. .mean()) or pass backward(grad) with that shape")
+            grad = xp.ones_like(self.data)
+        else:
+            grad = grad.data if isinstance(grad, Tensor) else xp.asarray(grad, dtype=self.dtype)
+            if tuple(grad.shape) != self.shape:
+                raise ValueError(f"backward(grad): grad has shape {tuple(grad.shape)}, the tensor has {self.shape}")
+
+        order = _topological_order(self)
+        grads = {id(self): grad}
+        for node in order:  # outputs before inputs
+            g = grads.pop(id(node), None)
+            if node._ctx is None:
+                if g is not None and node.requires_grad:
+                    node.grad = g.copy() if node.grad is None else node.grad + g
+                continue
+            if g is None:
+                continue
+            parents, backward_fn, op = node._ctx
+            if backward_fn is None:
+                raise RuntimeError(f"backward through {op!r} a second time: the graph was freed by the first "
+                                   "backward(); run the forward again")
+            parent_grads = backward_fn(g)
+            node._ctx = (parents, None, op)  # free what the closure kept alive (im2col columns, masks)
+            for p, pg in zip(parents, parent_grads):
+                if pg is None or not p.requires_grad:
+                    continue
+                if tuple(pg.shape) != p.shape:
+                    raise RuntimeError(f"internal error: {op} backward gave a gradient of shape {tuple(pg.shape)} "
+                                       f"for an input of shape {p.shape}")
+                k = id(p)
+                grads[k] = pg if k not in grads else grads[k] + pg
+
+    # ------------------------------------------------------------------------------------------------- operators
+    def __add__(self, other):
+        from . import functional as F
+
+        return F.add(self, other)
+
+    __radd__ = __add__
+
+    def __sub__(self, other):
+        from . import functional as F
+
+        return F.sub(self, other)
+
+    def __rsub__(self, other):
+        from . import functional as F
+
+        return F.add(F.neg(self), other)
+
+    def __mul__(self, other):
+        from . import functional as F
+
+        return F.mul(self, other)
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, other):
+        from . import functional as F
+
+        if isinstance(other, Tensor):
+            raise TypeError("division by a tensor is not supported; divide by a number")
+        return F.mul(self, 1.0 / other)
+
+    def __neg__(self):
+        from . import functional as F
+
+        return F.neg(self)
+
+    def __pow__(self, exponent):
+        from . import functional as F
+
+        return F.pow(self, exponent)
+
+    def __getitem__(self, index):
+        from . import functional as F
+
+        return F.getitem(self, index)
+
+    def sum(self, axis=None, keepdims=False):
+        from . import functional as F
+
+        return F.sum(self, axis, keepdims)
+
+    def mean(self, axis=None, keepdims=False):
+        from . import functional as F
+
+        return F.mean(self, axis, keepdims)
+
+    def reshape(self, *shape):
+        from . import functional as F
+
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        return F.reshape(self, shape)
+
+
+def _topological_order(root: Tensor) -> list[Tensor]:
+    """Nodes reachable from root, each after every node that uses it (iterative DFS: deep nets need no recursion)."""
+    order, seen = [], set()
+    stack = [(root, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if expanded:
+            order.append(node)
+            continue
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        stack.append((node, True))
+        if node._ctx is not None:
+            for p in node._ctx[0]:
+                if p.requires_grad and id(p) not in seen:
+                    stack.append((p, False))
+    order.reverse()
+    return order
+
+
+def make_result(data, parents, backward_fn, op: str) -> Tensor:
+    """Wrap an op's output; record (parents, backward_fn, op) when gradients are on and some parent needs one."""
+    out = Tensor.__new__(Tensor)
+    out.data = data
+    out.grad = None
+    out.name = None
+    out.requires_grad = is_grad_enabled() and any(p.requires_grad for p in parents)
+    out._ctx = (tuple(parents), backward_fn, op) if out.requires_grad else None
+    return out
