@@ -1,4 +1,5 @@
-"""Shared fixtures. The benchmark images come from MINISR_DATA, or from ../shared/datasets beside the checkout."""
+"""Shared fixtures. The benchmark images come from MINISR_DATA, or from ../shared/datasets beside the
+checkout."""
 
 import os
 from pathlib import Path

@@ -1,0 +1,141 @@
+"""Evaluate an upscaler on a benchmark: PSNR / SSIM per image and their means.
+
+    python -m minisr.eval --model bicubic --dataset Set5 --scale 2 [--json] [--save DIR] [--data-root DIR]
+
+MODEL is ``bicubic`` (MATLAB bicubic upscaling of the LR image, uint8), a checkpoint path, or a shipped
+model name (``minisr.upscale.make_upscaler`` builds those). The metrics follow the papers: Y channel (MATLAB
+BT.601, unrounded), ``scale`` pixels cut off every border (see :mod:`minisr.metrics`).
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from minisr.data import (
+    DatasetNotFoundError,
+    ImageReadError,
+    as_benchmark,
+    benchmark_files,
+    imresize,
+    load_benchmark,
+    write_image,
+)
+from minisr.metrics import psnr, ssim
+
+SCALES = (2, 3, 4)
+
+
+class UnknownModelError(LookupError):
+    """The --model argument is neither 'bicubic', a checkpoint path nor a shipped model name."""
+
+
+def bicubic_upscaler(scale: int):
+    """The baseline: ``imresize(lr, scale)``, MATLAB bicubic, uint8 in and out."""
+    def upscale(lr):
+        return imresize(lr, scale)
+    return upscale
+
+
+def load_upscaler(model: str, scale: int, device: str = "cpu"):
+    """A callable ``lr_uint8 -> sr_uint8``: 'bicubic' is made here, any other model by minisr.upscale."""
+    if model == "bicubic":
+        return bicubic_upscaler(scale)
+    hint = "MODEL is 'bicubic', a checkpoint path, or the name of a shipped model"
+    try:
+        from minisr.upscale import make_upscaler
+    except ImportError as err:
+        message = f"cannot load model {model!r}: trained models are not available ({err}). {hint}."
+        raise UnknownModelError(message) from err
+    try:
+        return make_upscaler(model, scale, device=device)
+    except (KeyError, FileNotFoundError) as err:
+        raise UnknownModelError(f"unknown model {model!r} ({err}). {hint}.") from err
+
+
+def evaluate(upscaler, dataset, scale: int, *, data_root=None, crop_border=None, y_channel: bool = True,
+             save_dir=None, tag: str = "sr", progress: bool = False) -> dict:
+    """Run ``upscaler`` on every LR image of ``dataset`` and score it against the HR image.
+
+    Args:
+        upscaler: callable taking an HxW or HxWx3 uint8 LR image and returning the uint8 SR image,
+            ``scale`` times larger.
+        dataset: a benchmark name or folder (see :func:`minisr.data.load_benchmark`), or images in memory
+            (see :func:`minisr.data.as_benchmark`: ``{name: hr}``, a list of HR arrays, or (name, hr[, lr])).
+        crop_border: pixels cut off each side before scoring; default ``scale``.
+        y_channel: score on Y (default) or on all channels.
+        save_dir: write each SR image there as ``<name>_x<scale>_<tag>.png`` (never over an input file).
+        progress: show a tqdm progress bar.
+    Returns ``{"dataset", "scale", "mean": {"psnr", "ssim"}, "images": [{"name", "psnr", "ssim"}, ...]}``.
+    """
+    from tqdm import tqdm
+
+    on_disk = isinstance(dataset, (str, Path))
+    items = load_benchmark(dataset, scale, data_root) if on_disk else as_benchmark(dataset, scale)
+    protect = benchmark_files(dataset, data_root) if on_disk and save_dir is not None else ()
+    border = scale if crop_border is None else crop_border
+    label = str(dataset) if on_disk else "images"
+
+    rows = []
+    desc = f"{Path(label).name} x{scale}"
+    for name, hr, lr in tqdm(items, desc=desc, disable=not progress, leave=False):
+        sr = np.asarray(upscaler(lr))
+        if sr.dtype != np.uint8:
+            raise TypeError(f"{name}: the upscaler returned {sr.dtype}, expected uint8")
+        if sr.shape != hr.shape:
+            raise ValueError(f"{name}: the upscaler returned shape {sr.shape}, expected {hr.shape} "
+                             f"(LR {lr.shape} x{scale})")
+        scores = {"psnr": psnr(sr, hr, border, y_channel), "ssim": ssim(sr, hr, border, y_channel)}
+        rows.append({"name": name, **scores})
+        if save_dir is not None:
+            write_image(Path(save_dir) / f"{name}_x{scale}_{tag}.png", sr, overwrite=True, protect=protect)
+    mean = {key: float(np.mean([r[key] for r in rows])) for key in ("psnr", "ssim")}
+    return {"dataset": label, "scale": scale, "mean": mean, "images": rows}
+
+
+def format_table(result: dict, model: str) -> str:
+    """The per-image and mean PSNR / SSIM as a text table."""
+    width = max([len(r["name"]) for r in result["images"]] + [4])
+    lines = [f"{model} on {result['dataset']} x{result['scale']} (Y channel, border {result['scale']})",
+             f"{'image':<{width}}  {'PSNR':>7}  {'SSIM':>6}"]
+    for r in result["images"]:
+        lines.append(f"{r['name']:<{width}}  {r['psnr']:7.2f}  {r['ssim']:6.4f}")
+    mean = result["mean"]
+    lines += ["-" * (width + 17), f"{'mean':<{width}}  {mean['psnr']:7.2f}  {mean['ssim']:6.4f}"]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m minisr.eval", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="'bicubic', a checkpoint path or a shipped model name")
+    parser.add_argument("--dataset", required=True, help="Set5, Set14, ... (under --data-root) or a folder")
+    parser.add_argument("--scale", required=True, type=int, choices=SCALES, help="upscaling factor")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--save", metavar="DIR", help="write the SR images to DIR as PNG")
+    parser.add_argument("--data-root", metavar="DIR", help="root of named datasets (default $MINISR_DATA)")
+    parser.add_argument("--device", default="cpu", help="device for trained models (default: cpu)")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    tag = "bicubic" if args.model == "bicubic" else Path(args.model).stem
+    try:
+        upscaler = load_upscaler(args.model, args.scale, device=args.device)
+        result = evaluate(upscaler, args.dataset, args.scale, data_root=args.data_root, save_dir=args.save,
+                          tag=tag, progress=not args.json)
+    except (UnknownModelError, DatasetNotFoundError, ImageReadError, FileExistsError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"model": args.model, "dataset": args.dataset, "scale": args.scale,
+                          "mean": result["mean"], "images": result["images"]}))
+    else:
+        print(format_table(result, args.model))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
