@@ -1,0 +1,61 @@
+"""Checkpoints as ``.npz`` files, readable with ``np.load(path, allow_pickle=False)``.
+
+Layout: ``model/<param>`` arrays, ``optim/<key>`` arrays, and ``meta``: one JSON string with the model name and
+config, epoch, step, RNG state and anything else the trainer keeps. Files are written to a temporary file beside the
+target and renamed, so a crash never leaves a half-written checkpoint in place of a good one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+def save(path, model_state: dict, meta: dict, optim_state: dict | None = None) -> Path:
+    """Atomically write a checkpoint; returns its path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {f"model/{k}": np.asarray(v) for k, v in model_state.items()}
+    for k, v in (optim_state or {}).items():
+        arrays[f"optim/{k}"] = np.asarray(v)
+    arrays["meta"] = np.array(json.dumps(meta))
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename, so a crash cannot leave a truncated file in place
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load(path) -> dict:
+    """``{"meta": dict, "model": {name: array}, "optim": {key: array}}`` from a checkpoint written by :func:`save`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            files = {k: z[k] for k in z.files}
+    except Exception as e:  # zipfile.BadZipFile, ValueError, OSError
+        raise ValueError(f"{path} is not a minisr checkpoint (.npz): {e}") from e
+    if "meta" not in files:
+        raise ValueError(f"{path} is not a minisr checkpoint: it has no 'meta' entry")
+    try:
+        meta = json.loads(str(files.pop("meta")))
+    except ValueError as e:
+        raise ValueError(f"{path} is not a minisr checkpoint: its 'meta' entry is not JSON ({e})") from e
+    out = {"meta": meta, "model": {}, "optim": {}}
+    for k, v in files.items():
+        group, _, name = k.partition("/")
+        if group in ("model", "optim"):
+            out[group][name] = v
+    return out

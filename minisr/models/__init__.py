@@ -1,0 +1,56 @@
+"""SR models built by name: ``minisr.models.build("srcnn", kernels=(9, 5, 5))`` returns an ``nn.Module``.
+
+Every model has ``config`` (the keyword arguments that rebuild it), ``in_channels`` (1 = Y, 3 = RGB),
+``upsample_input`` (True when its input is the bicubic-upscaled image, SRCNN and VDSR; False for EDSR, which takes the
+LR image), ``scale`` (the factor the network itself enlarges by) and ``border`` (pixels lost per side, valid SRCNN).
+
+``load(spec)`` returns ``(model, meta)`` for a checkpoint path or a shipped model name such as ``"srcnn-x3"``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import checkpoint
+from .edsr import EDSR
+from .srcnn import SRCNN
+from .vdsr import VDSR
+
+MODELS = {"srcnn": SRCNN, "vdsr": VDSR, "edsr": EDSR}
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+__all__ = ["build", "load", "shipped", "MODELS", "SRCNN", "VDSR", "EDSR"]
+
+
+def build(name: str, **cfg):
+    """A fresh model of architecture ``name`` (srcnn, vdsr, edsr) with the given config."""
+    key = name.lower()
+    if key not in MODELS:
+        raise KeyError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    return MODELS[key](**cfg)
+
+
+def shipped() -> dict[str, Path]:
+    """Shipped weights: name (e.g. "srcnn-x3") -> .npz path inside the package."""
+    return {p.stem: p for p in sorted(WEIGHTS_DIR.glob("*.npz"))}
+
+
+def load(spec, device: str = "cpu"):
+    """``(model, meta)`` from a checkpoint path or a shipped name; the model is in eval mode on ``device``."""
+    path = Path(spec)
+    if not path.is_file():
+        known = shipped()
+        if str(spec) not in known:
+            raise FileNotFoundError(f"model {spec!r} is neither a checkpoint file nor a shipped model "
+                                    f"(shipped: {', '.join(known) or 'none'})")
+        path = known[str(spec)]
+    ckpt = checkpoint.load(path)
+    meta = ckpt["meta"]
+    if "model" not in meta or "config" not in meta:
+        raise ValueError(f"{path}: checkpoint meta has no model name/config")
+    model = build(meta["model"], **meta["config"])
+    model.load_state_dict(ckpt["model"])
+    model.to(device)
+    model.eval()
+    meta = dict(meta, path=str(path))
+    return model, meta

@@ -1,0 +1,509 @@
+"""``python -m minisr.train {srcnn,vdsr,edsr} [options]``: train an SR model with its paper recipe by default.
+
+With no options ``python -m minisr.train srcnn`` trains SRCNN x3 on the embedded default images (scikit-image's
+photos; no download), validates each epoch, and prints the validation PSNR against bicubic and where it wrote:
+``best.npz`` / ``last.npz`` checkpoints, ``history.csv`` and ``curves.png``.
+
+``python -m minisr.train --resume RUN/last.npz [--steps N | --epochs N]`` continues a run exactly: the same batches,
+learning rates, optimizer state and per-epoch losses as if it had never stopped. Ctrl-C saves ``last.npz`` and exits
+(code 130); a NaN or infinite loss (or weights) stops with an error (code 3) without overwriting ``last.npz``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from . import backends, checkpoint, models
+from . import functional as F
+from . import optim as O
+from . import random as mrandom
+from .data import PatchDataset, default_split, load_images, resolve_dataset
+from .inference import Upscaler
+from .random import manual_seed
+from .tensor import Tensor
+
+# Each model's paper recipe (budgets cut to fit a CPU; every value can be overridden on the command line).
+RECIPES = {
+    # SRCNN: 33x33 Y sub-images with stride 14 from the bicubic-upscaled LR, MSE on the valid centre.
+    # Adam (as the seed tutorial) instead of the paper's SGD; the last layer learns 10x slower, as in the paper.
+    "srcnn": dict(scale=3, scales=None, patch=33, stride=14, patches_per_image=None, batch_size=128, epochs=12,
+                  optimizer="adam", lr=1e-3, loss="mse", lr_step=8, lr_gamma=0.1, clip=None,
+                  model=dict(kernels=(9, 5, 5), features=(64, 32), padding="valid")),
+    # VDSR: 41x41 Y patches mixing x2, x3, x4, SGD 0.1 with momentum 0.9, weight decay 1e-4, adjustable gradient
+    # clipping to [-theta/lr, theta/lr] (theta 0.4), learning rate / 10 every 20 epochs.
+    "vdsr": dict(scale=2, scales=(2, 3, 4), patch=41, stride=41, patches_per_image=None, batch_size=64, epochs=80,
+                 optimizer="sgd", lr=0.1, loss="mse", lr_step=20, lr_gamma=0.1, clip=0.4,
+                 model=dict(depth=20, features=64)),
+    # EDSR: 48x48 RGB LR patches, L1 loss, Adam 1e-4 (betas 0.9/0.999, eps 1e-8), halved every 200 epochs.
+    "edsr": dict(scale=2, scales=None, patch=48, stride=None, patches_per_image=16, batch_size=16, epochs=300,
+                 optimizer="adam", lr=1e-4, loss="l1", lr_step=200, lr_gamma=0.5, clip=None,
+                 model=dict(n_resblocks=16, n_feats=64, res_scale=1.0)),
+}
+
+
+@dataclass
+class Config:
+    model: str
+    scale: int = 3
+    scales: list | None = None
+    data: str = "default"
+    val: str = "default"
+    epochs: int = 10
+    max_steps: int | None = None
+    batch_size: int = 128
+    patch: int = 33
+    stride: int | None = 14
+    patches_per_image: int | None = None
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    lr_step: int = 0
+    lr_gamma: float = 0.1
+    clip: float | None = None
+    loss: str = "mse"
+    smoothness: float = 0.0
+    augment: bool = True
+    seed: int = 0
+    device: str = "cpu"
+    backend: str | None = None
+    out: str | None = None
+    data_root: str | None = None
+    model_cfg: dict = field(default_factory=dict)
+
+    @property
+    def train_scales(self) -> list[int]:
+        return [int(s) for s in (self.scales or [self.scale])]
+
+
+# ------------------------------------------------------------------------------------------------------------ data
+def _channels(model) -> str:
+    return "y" if model.in_channels == 1 else "rgb"
+
+
+def make_dataset(cfg: Config, model) -> PatchDataset:
+    if cfg.data == "default":
+        images = default_split()[0]
+    else:
+        images = load_images(resolve_dataset(cfg.data, cfg.data_root))
+    return PatchDataset(images, cfg.train_scales, cfg.patch, stride=cfg.stride,
+                        patches_per_image=cfg.patches_per_image or 16, channels=_channels(model),
+                        augment=cfg.augment, mode="upscaled" if model.upsample_input else "lr", seed=cfg.seed)
+
+
+def validation_set(cfg: Config):
+    """A benchmark name/folder, or the default validation images as ``{name: hr}``."""
+    if cfg.val == "default":
+        from .data import DEFAULT_VALIDATION
+
+        return dict(zip(DEFAULT_VALIDATION, default_split()[1]))
+    return cfg.val
+
+
+# ----------------------------------------------------------------------------------------------------------- model
+def make_optimizer(cfg: Config, model):
+    params = [p for n, p in model.named_parameters()]
+    if cfg.model == "srcnn":  # the reconstruction layer learns 10x slower (SRCNN paper)
+        last = [p for n, p in model.named_parameters() if n.startswith("conv3")]
+        rest = [p for n, p in model.named_parameters() if not n.startswith("conv3")]
+        params = [{"params": rest}, {"params": last, "lr": cfg.lr * 0.1}]
+    if cfg.optimizer == "adam":
+        return O.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return O.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    raise ValueError(f"--optimizer {cfg.optimizer!r}: use adam or sgd")
+
+
+class Trainer:
+    """One training run: model, optimizer, data, the loop, validation, checkpoints and history."""
+
+    def __init__(self, cfg: Config, out_dir: Path, resume: dict | None = None):
+        self.cfg, self.out = cfg, out_dir
+        manual_seed(cfg.seed)
+        self.model = models.build(cfg.model, **cfg.model_cfg)
+        self.model.to(cfg.device)
+        self.optimizer = make_optimizer(cfg, self.model)
+        self.data = make_dataset(cfg, self.model)
+        if self.data.steps_per_epoch(cfg.batch_size) == 0:
+            raise ValueError(f"no training patches: every image of {cfg.data} is smaller than the {cfg.patch}x"
+                             f"{cfg.patch} patch at x{cfg.train_scales} (use a smaller --patch)")
+        b = self.model.border
+        if b and cfg.patch <= 2 * b:
+            raise ValueError(f"--patch {cfg.patch} is too small for {cfg.model} {self.model.config['kernels']}: "
+                             f"valid convolutions lose {b} pixels per side, so the patch must exceed {2 * b}")
+        self.val = validation_set(cfg)
+        self.loss_fn = {"mse": F.mse_loss, "l1": F.l1_loss}[cfg.loss]
+        self.epoch, self.step, self.step_in_epoch = 0, 0, 0
+        # The current epoch's losses and time so far: kept in checkpoints, so that an epoch interrupted and resumed
+        # reports the same mean loss as an uninterrupted one.
+        self.epoch_losses: list[float] = []
+        self.epoch_seconds = 0.0
+        self.history: list[dict] = []
+        self.best = -math.inf
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        if resume is not None:
+            self._restore(resume)
+
+    # --------------------------------------------------------------------------------------------- checkpoints
+    def meta(self) -> dict:
+        return dict(model=self.cfg.model, config=self.model.config, scale=self.cfg.scale,
+                    scales=self.cfg.train_scales, epoch=self.epoch, step=self.step, step_in_epoch=self.step_in_epoch,
+                    epoch_losses=self.epoch_losses, epoch_seconds=self.epoch_seconds, best_psnr=self.best,
+                    history=self.history, train_config=_jsonable(asdict(self.cfg)), channels=_channels(self.model),
+                    rng_state=mrandom.generator().bit_generator.state)
+
+    def save(self, name: str) -> Path:
+        return checkpoint.save(self.out / name, self.model.state_dict(), self.meta(), self.optimizer.state_dict())
+
+    def _restore(self, ckpt: dict) -> None:
+        meta = ckpt["meta"]
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optim"])
+        self.epoch, self.step, self.step_in_epoch = meta["epoch"], meta["step"], meta["step_in_epoch"]
+        self.epoch_losses, self.epoch_seconds = list(meta.get("epoch_losses", [])), meta.get("epoch_seconds", 0.0)
+        self.history, self.best = meta["history"], meta["best_psnr"]
+        if "rng_state" in meta:  # the data order comes from (seed, epoch, step_in_epoch); this is the init generator
+            mrandom.generator().bit_generator.state = meta["rng_state"]
+
+    def _weights_finite(self) -> bool:
+        return all(bool(np.isfinite(v).all()) for v in self.model.state_dict().values())
+
+    def _stop_on_nan(self, what: str, step: int) -> None:
+        """The error message of a diverged run; nothing is saved, so last.npz keeps the last good weights."""
+        last = self.out / "last.npz"
+        kept = (f"the last good checkpoint {last} is kept" if last.is_file()
+                else "no checkpoint was written (training diverged in its first epoch)")
+        print(f"\nerror: {what} at epoch {self.epoch + 1}, step {step}: stopping; {kept}. "
+              f"Lower --lr, or add --clip.", file=sys.stderr)
+
+    # ------------------------------------------------------------------------------------------------ training
+    def _set_lr(self) -> None:
+        factor = self.cfg.lr_gamma ** (self.epoch // self.cfg.lr_step) if self.cfg.lr_step else 1.0
+        for g, base in zip(self.optimizer.param_groups, self.base_lrs):
+            g["lr"] = base * factor
+
+    def train_step(self, x: np.ndarray, t: np.ndarray) -> float:
+        """Forward, loss (+ smoothness prior), backward, clip, update; returns the loss."""
+        m, cfg = self.model, self.cfg
+        pred = m(Tensor(x).to(cfg.device))
+        b = m.border
+        target = Tensor(np.ascontiguousarray(t[:, :, b:t.shape[2] - b, b:t.shape[3] - b]) if b else t).to(cfg.device)
+        loss = self.loss_fn(pred, target)
+        if cfg.smoothness:
+            loss = loss + cfg.smoothness * F.smoothness_loss(pred)
+        value = loss.item()
+        if not math.isfinite(value):
+            return value
+        self.optimizer.zero_grad()
+        loss.backward()
+        if cfg.clip:  # VDSR's adjustable clipping: [-theta / lr, theta / lr]
+            O.clip_grad_value_(m.parameters(), cfg.clip / self.optimizer.param_groups[0]["lr"])
+        self.optimizer.step()
+        return value
+
+    def validate(self) -> dict:
+        from .eval import evaluate
+
+        self.model.eval()
+        meta = dict(model=self.cfg.model, scale=self.cfg.scale, scales=self.cfg.train_scales)
+        res = evaluate(Upscaler(self.model, meta, self.cfg.scale, device=self.cfg.device), self.val, self.cfg.scale,
+                       data_root=self.cfg.data_root)
+        self.model.train()
+        return res["mean"]
+
+    def run(self, log=print) -> dict:
+        cfg = self.cfg
+        steps_per_epoch = self.data.steps_per_epoch(cfg.batch_size)
+        total = cfg.epochs * steps_per_epoch
+        if cfg.max_steps:
+            total = min(total, cfg.max_steps)
+        interrupted = False
+
+        def on_sigint(signum, frame):
+            nonlocal interrupted
+            interrupted = True
+
+        old_handler = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
+        bar = tqdm(total=total, initial=self.step, unit="step", dynamic_ncols=True, disable=None)
+        status = "finished"
+        try:
+            while self.epoch < cfg.epochs and self.step < total and status == "finished":
+                self._set_lr()
+                t0, seen = time.perf_counter(), 0
+                for x, t in self.data.batches(cfg.batch_size, self.epoch, start_step=self.step_in_epoch):
+                    value = self.train_step(x, t)
+                    if not math.isfinite(value):
+                        status = "nan"
+                        self._stop_on_nan(f"the loss became {value}", self.step + 1)
+                        break
+                    self.epoch_losses.append(value)
+                    seen += len(x)
+                    self.step += 1
+                    self.step_in_epoch += 1
+                    bar.update(1)
+                    bar.set_postfix(epoch=self.epoch + 1, loss=f"{value:.5f}",
+                                    samples_s=f"{seen / (time.perf_counter() - t0):.0f}")
+                    if interrupted or self.step >= total:
+                        break
+                self.epoch_seconds += time.perf_counter() - t0
+                if status == "finished" and not self._weights_finite():  # the last update overflowed
+                    status = "nan"
+                    self._stop_on_nan("the weights became non-finite", self.step)
+                if status == "nan":
+                    break
+                if interrupted:
+                    status = "interrupted"
+                    self.save("last.npz")
+                    log(f"\ninterrupted: saved {self.out / 'last.npz'} (epoch {self.epoch + 1}, step "
+                        f"{self.step}); continue with --resume {self.out / 'last.npz'}")
+                    break
+                epoch_done = self.step_in_epoch >= steps_per_epoch
+                if not epoch_done and self.step < total:
+                    raise RuntimeError(f"epoch {self.epoch + 1} ended after {self.step_in_epoch} of "
+                                       f"{steps_per_epoch} batches")
+                self._end_epoch(epoch_done, log=bar.write)
+        finally:
+            bar.close()
+            if old_handler is not None:
+                signal.signal(signal.SIGINT, old_handler)
+        return {"status": status, "best_psnr": self.best, "history": self.history}
+
+    def _end_epoch(self, epoch_done: bool, log) -> None:
+        """Validate, record the epoch (or the part of it run so far, when --steps stops inside it), save."""
+        val = self.validate()
+        row = dict(epoch=self.epoch + 1, step=self.step,
+                   loss=float(np.mean(self.epoch_losses)) if self.epoch_losses else float("nan"),
+                   val_psnr=val["psnr"], val_ssim=val["ssim"], lr=self.optimizer.param_groups[0]["lr"],
+                   seconds=self.epoch_seconds)
+        if self.history and self.history[-1]["epoch"] == row["epoch"]:
+            self.history[-1] = row  # a run stopped inside this epoch recorded it so far; resumed, it is complete
+        else:
+            self.history.append(row)
+        if epoch_done:
+            self.epoch += 1
+            self.step_in_epoch = 0
+            self.epoch_losses, self.epoch_seconds = [], 0.0
+        log(f"epoch {row['epoch']}: loss {row['loss']:.5f}  val PSNR {val['psnr']:.2f} dB  "
+            f"SSIM {val['ssim']:.4f}")
+        self.save("last.npz")
+        if val["psnr"] > self.best:
+            self.best = val["psnr"]
+            self.save("best.npz")
+        self.write_history()
+
+    # ------------------------------------------------------------------------------------------------- reports
+    def write_history(self) -> None:
+        path = self.out / "history.csv"
+        keys = ["epoch", "step", "loss", "val_psnr", "val_ssim", "lr", "seconds"]
+        tmp = path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            for row in self.history:
+                w.writerow({k: row.get(k) for k in keys})
+        os.replace(tmp, path)
+        plot_curves(self.history, self.out / "curves.png", self.bicubic_psnr,
+                    title=f"{self.cfg.model} x{self.cfg.scale}")
+
+    bicubic_psnr: float | None = None
+
+
+def plot_curves(history, path, bicubic=None, title=""):
+    """Loss per epoch (left) and validation PSNR per epoch with the bicubic baseline (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    a.plot(ep, [h["loss"] for h in history], "o-")
+    a.set(xlabel="epoch", ylabel="training loss", title="loss", yscale="log")
+    b.plot(ep, [h["val_psnr"] for h in history], "o-", label="model")
+    if bicubic is not None:
+        b.axhline(bicubic, color="gray", ls="--", label=f"bicubic {bicubic:.2f} dB")
+    b.set(xlabel="epoch", ylabel="PSNR (dB, Y)", title="validation PSNR")
+    b.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _jsonable(d):
+    return json.loads(json.dumps(d, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
+
+
+# ---------------------------------------------------------------------------------------------------------- CLI
+def _ints(text: str):
+    return tuple(int(v) for v in text.replace("x", ",").split(",") if v)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m minisr.train", description=__doc__.split("\n")[0])
+    p.add_argument("model", nargs="?", choices=sorted(RECIPES), help="architecture (optional with --resume)")
+    p.add_argument("--scale", type=int, help="upscaling factor (srcnn default 3, vdsr/edsr 2)")
+    p.add_argument("--scales", type=_ints, help="scales mixed in training, e.g. 2,3,4 (VDSR default)")
+    p.add_argument("--data", default="default",
+                   help="training images: 'default' (scikit-image photos), a folder, or a name under --data-root")
+    p.add_argument("--val", default="default", help="validation: 'default', Set5, Set14 or a folder")
+    p.add_argument("--data-root", help="where dataset names resolve (default $MINISR_DATA)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--steps", type=int, dest="max_steps", help="stop after this many steps in total")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--patch", type=int, help="patch size (HR for srcnn/vdsr, LR for edsr)")
+    p.add_argument("--stride", type=int, help="sub-image stride (0: random crops)")
+    p.add_argument("--patches-per-image", type=int, help="random crops per image per epoch")
+    p.add_argument("--optimizer", choices=["adam", "sgd"])
+    p.add_argument("--lr", type=float)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--lr-step", type=int, help="multiply the learning rate by --lr-gamma every this many epochs")
+    p.add_argument("--lr-gamma", type=float)
+    p.add_argument("--clip", type=float, help="VDSR gradient clipping theta (gradients to [-theta/lr, theta/lr])")
+    p.add_argument("--loss", choices=["mse", "l1"])
+    p.add_argument("--smoothness", type=float, default=0.0, help="weight of the smoothness prior added to the loss")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--backend", choices=list(backends.CPU_BACKENDS), help="CPU kernel set (default numba)")
+    p.add_argument("--out", help="output folder (default runs/<model>-x<scale>-<time>)")
+    p.add_argument("--resume", help="checkpoint (last.npz) to continue exactly")
+    # model config
+    p.add_argument("--kernels", type=_ints, help="srcnn kernel sizes, e.g. 9,5,5")
+    p.add_argument("--features", type=_ints, help="srcnn filter counts, e.g. 64,32")
+    p.add_argument("--padding", choices=["valid", "same"], help="srcnn padding")
+    p.add_argument("--channels", type=int, choices=[1, 3], help="srcnn/vdsr input channels (1 = Y, 3 = RGB)")
+    p.add_argument("--depth", type=int, help="vdsr depth")
+    p.add_argument("--no-residual", action="store_true", help="vdsr without the global residual")
+    p.add_argument("--n-resblocks", type=int)
+    p.add_argument("--n-feats", type=int)
+    p.add_argument("--res-scale", type=float)
+    return p
+
+
+def config_from_args(args) -> Config:
+    r = RECIPES[args.model]
+    model_cfg = dict(r["model"])
+    for key, attr in [("kernels", "kernels"), ("features", "features"), ("padding", "padding"), ("depth", "depth"),
+                      ("n_resblocks", "n_resblocks"), ("n_feats", "n_feats"), ("res_scale", "res_scale")]:
+        if key in model_cfg and getattr(args, attr) is not None:
+            model_cfg[key] = getattr(args, attr)
+    if args.model == "vdsr" and args.features is not None:  # one width for every layer
+        if len(args.features) != 1:
+            raise ValueError(f"vdsr --features takes one number (every layer's width), got {args.features}")
+        model_cfg["features"] = args.features[0]
+    if args.channels is not None and args.model in ("srcnn", "vdsr"):
+        model_cfg["in_channels"] = args.channels
+    if args.no_residual and args.model == "vdsr":
+        model_cfg["residual"] = False
+    scale = args.scale or r["scale"]
+    scales = list(args.scales) if args.scales else (list(r["scales"]) if r["scales"] and not args.scale else None)
+    if args.model == "edsr":
+        model_cfg["scale"] = scale
+        scales = None
+    for s in scales or [scale]:
+        if s not in (2, 3, 4):
+            raise ValueError(f"scale {s}: minisr trains x2, x3 and x4")
+
+    def pick(name, default):
+        v = getattr(args, name)
+        return default if v is None else v
+
+    stride = pick("stride", r["stride"])
+    return Config(
+        model=args.model, scale=scale, scales=scales, data=args.data, val=args.val, data_root=args.data_root,
+        epochs=pick("epochs", r["epochs"]), max_steps=args.max_steps, batch_size=pick("batch_size", r["batch_size"]),
+        patch=pick("patch", r["patch"]), stride=stride or None,
+        patches_per_image=pick("patches_per_image", r["patches_per_image"]),
+        optimizer=pick("optimizer", r["optimizer"]),
+        lr=pick("lr", r["lr"]), momentum=args.momentum,
+        weight_decay=pick("weight_decay", 1e-4 if args.model == "vdsr" else 0.0),
+        lr_step=pick("lr_step", r["lr_step"]), lr_gamma=pick("lr_gamma", r["lr_gamma"]), clip=pick("clip", r["clip"]),
+        loss=pick("loss", r["loss"]), smoothness=args.smoothness, augment=not args.no_augment, seed=args.seed,
+        device=args.device, backend=args.backend, out=args.out, model_cfg=model_cfg)
+
+
+def _out_dir(cfg: Config) -> Path:
+    if cfg.out:
+        return Path(cfg.out)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg.model}-x{cfg.scale}-{stamp}"
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.model is None and not args.resume:
+        parser.error("the model (srcnn, vdsr or edsr) is required, unless you --resume a run")
+    try:
+        resume = None
+        if args.resume:
+            resume = checkpoint.load(args.resume)
+            if "train_config" not in resume["meta"]:
+                raise ValueError(f"{args.resume} has no training state (not written by minisr.train): "
+                                 "cannot resume")
+            cfg = Config(**resume["meta"]["train_config"])
+            if args.model and args.model != cfg.model:
+                raise ValueError(f"{args.resume} is a {cfg.model} run, not {args.model}")
+            if args.epochs:
+                cfg.epochs = args.epochs
+            cfg.max_steps = args.max_steps
+            out = Path(args.out) if args.out else Path(args.resume).parent
+            cfg.out = str(out)
+        else:
+            cfg = config_from_args(args)
+            out = _out_dir(cfg)
+        if cfg.backend:
+            backends.set_backend(cfg.backend)
+        out.mkdir(parents=True, exist_ok=True)
+        trainer = Trainer(cfg, out, resume)
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    from .eval import evaluate
+    from .inference import BicubicUpscaler
+
+    trainer.bicubic_psnr = evaluate(BicubicUpscaler(cfg.scale), trainer.val, cfg.scale,
+                                    data_root=cfg.data_root)["mean"]["psnr"]
+    n_params = trainer.model.num_parameters()
+    print(f"training {cfg.model} x{cfg.scale} ({n_params:,} parameters) on {cfg.data}: "
+          f"{len(trainer.data)} patches/epoch, {cfg.epochs} epochs, batch {cfg.batch_size}, {cfg.optimizer} "
+          f"lr {cfg.lr}, kernels {backends.cpu_backend_name() if cfg.device == 'cpu' else cfg.device}; "
+          f"outputs in {out}")
+    t0 = time.perf_counter()
+    result = trainer.run()
+    minutes = (time.perf_counter() - t0) / 60
+    if result["status"] == "nan":
+        return 3
+    if result["status"] == "interrupted":
+        return 130
+    final = result["history"][-1]["val_psnr"] if result["history"] else float("nan")
+    print(f"done in {minutes:.1f} min: validation PSNR {final:.2f} dB (best {result['best_psnr']:.2f} dB) vs "
+          f"bicubic {trainer.bicubic_psnr:.2f} dB ({final - trainer.bicubic_psnr:+.2f} dB), Y channel, border "
+          f"{cfg.scale}")
+    print(f"outputs: {out / 'best.npz'}, {out / 'last.npz'}, {out / 'history.csv'}, {out / 'curves.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
