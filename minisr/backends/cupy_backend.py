@@ -1,0 +1,194 @@
+"""CuPy GPU kernels: the same signatures as :mod:`numpy_backend`, running the CUDA C in the top-level ``kernels/``
+(one file per kernel family, compiled on first use with ``cupy.RawModule``). GEMMs go through cuBLAS
+(``cupy.matmul``). TF32 tensor-core math is off by default, for parity with the CPU path; set ``CUPY_TF32=1``
+before starting Python to switch it on.
+
+This module imports CuPy, so it is imported only when a tensor is moved to ``"cuda"``.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+
+from ..device import import_cupy
+from .numpy_backend import conv_gemm, conv_gemm_input_grad, out_size  # cuBLAS through cupy.matmul
+
+cp = import_cupy()
+
+NAME = "cupy"
+THREADS = 256
+MAX_BLOCKS = 65535 * 16  # grid-stride loops cover the rest
+
+__all__ = ["conv_gemm", "conv_gemm_input_grad"]
+
+
+def kernel_dir() -> Path:
+    """Where the .cu sources are: inside the installed package (wheel), else the repository's ``kernels/``."""
+    here = Path(__file__).resolve().parent.parent
+    for d in (here / "kernels", here.parent / "kernels"):
+        if (d / "common.cuh").is_file():
+            return d
+    raise FileNotFoundError(f"minisr's CUDA sources (kernels/*.cu) not found under {here} or {here.parent}")
+
+
+@functools.cache
+def _module(family: str):
+    d = kernel_dir()
+    return cp.RawModule(code=(d / f"{family}.cu").read_text(), options=("-std=c++14", f"-I{d}"))
+
+
+def _fn(family: str, name: str, dtype):
+    suffix = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}[np.dtype(dtype)]
+    return _module(family).get_function(f"{name}_{suffix}")
+
+
+def _launch(family, name, dtype, n, args, shared=0, blocks=None):
+    blocks = blocks or max(1, min((int(n) + THREADS - 1) // THREADS, MAX_BLOCKS))
+    _fn(family, name, dtype)((blocks,), (THREADS,), args, shared_mem=shared)
+
+
+def _c(a):
+    return cp.ascontiguousarray(a)
+
+
+i32, i64 = np.int32, np.int64
+
+
+# --------------------------------------------------------------------------------------------------- im2col / col2im
+def im2col(x, kh, kw, sh, sw, ph, pw):
+    x = _c(x)
+    N, C, H, W = x.shape
+    Ho, Wo = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
+    cols = cp.empty((N, C * kh * kw, Ho * Wo), dtype=x.dtype)
+    dims = tuple(i32(v) for v in (N, C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo))
+    _launch("im2col", "im2col", x.dtype, cols.size, (x, cols) + dims)
+    return cols
+
+
+def col2im(cols, x_shape, kh, kw, sh, sw, ph, pw):
+    cols = _c(cols)
+    N, C, H, W = x_shape
+    Ho, Wo = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
+    dx = cp.empty((N, C, H, W), dtype=cols.dtype)
+    dims = tuple(i32(v) for v in (N, C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo))
+    _launch("im2col", "col2im", cols.dtype, dx.size, (cols, dx) + dims)
+    return dx
+
+
+def conv_gemm_weight_grad(g, cols):
+    """sum_n g[n] @ cols[n]^T as one cuBLAS GEMM over the batch-and-position axis."""
+    return cp.tensordot(g, cols, axes=([0, 2], [0, 2]))
+
+
+# ---------------------------------------------------------------------------------------------------------- bias
+def bias_add(y, b):
+    N, O = y.shape[:2]
+    P = y.size // (N * O)
+    _launch("bias", "bias_add", y.dtype, y.size, (y, _c(b), i64(N), i64(O), i64(P)))
+    return y
+
+
+def bias_grad(g):
+    g = _c(g)
+    N, O = g.shape[:2]
+    P = g.size // (N * O)
+    db = cp.empty(O, dtype=g.dtype)
+    _launch("bias", "bias_grad", g.dtype, 0, (g, db, i64(N), i64(O), i64(P)), shared=THREADS * g.itemsize, blocks=O)
+    return db
+
+
+# ---------------------------------------------------------------------------------------------------- activations
+def _unary(name, x, *extra, like=None):
+    x = _c(x)
+    out = cp.empty_like(like if like is not None else x)
+    _launch("activations", name, x.dtype, x.size, (x,) + extra + (out, i64(x.size)))
+    return out
+
+
+def relu_forward(x):
+    return _unary("relu_forward", x)
+
+
+def relu_backward(g, y):
+    return _unary("relu_backward", g, _c(y))
+
+
+def leaky_relu_forward(x, slope):
+    return _unary("leaky_relu_forward", x, x.dtype.type(slope))
+
+
+def leaky_relu_backward(g, x, slope):
+    return _unary("leaky_relu_backward", g, _c(x), g.dtype.type(slope))
+
+
+# --------------------------------------------------------------------------------------------------- pixel shuffle
+def pixel_shuffle_forward(x, r):
+    x = _c(x)
+    N, Crr, H, W = x.shape
+    C = Crr // (r * r)
+    y = cp.empty((N, C, H * r, W * r), dtype=x.dtype)
+    _launch("pixel_shuffle", "pixel_shuffle_forward", x.dtype, y.size, (x, y, i64(N), i64(C), i64(H), i64(W), i32(r)))
+    return y
+
+
+def pixel_shuffle_backward(g, r):
+    g = _c(g)
+    N, C, Hr, Wr = g.shape
+    H, W = Hr // r, Wr // r
+    dx = cp.empty((N, C * r * r, H, W), dtype=g.dtype)
+    _launch("pixel_shuffle", "pixel_shuffle_backward", g.dtype, g.size,
+            (dx, g, i64(N), i64(C), i64(H), i64(W), i32(r)))
+    return dx
+
+
+# ---------------------------------------------------------------------------------------------------------- losses
+def _diff_sum(name, a, b):
+    a, b = _c(a), _c(b)
+    blocks = max(1, min((a.size + THREADS - 1) // THREADS, 1024))
+    partial = cp.empty(blocks, dtype=a.dtype)
+    _launch("losses", name, a.dtype, a.size, (a, b, partial, i64(a.size)), shared=THREADS * a.itemsize,
+            blocks=blocks)
+    return partial.sum()
+
+
+def mse_forward(a, b):
+    return (_diff_sum("sq_diff_partial", a, b) / a.dtype.type(a.size)).astype(a.dtype)
+
+
+def l1_forward(a, b):
+    return (_diff_sum("abs_diff_partial", a, b) / a.dtype.type(a.size)).astype(a.dtype)
+
+
+def _scaled(name, a, b, scale):
+    a, b = _c(a), _c(b)
+    out = cp.empty_like(a)
+    _launch("losses", name, a.dtype, a.size, (a, b, a.dtype.type(scale), out, i64(a.size)))
+    return out
+
+
+def mse_backward(a, b, g):
+    return _scaled("diff_scaled", a, b, 2.0 * float(g) / a.size)
+
+
+def l1_backward(a, b, g):
+    return _scaled("sign_diff_scaled", a, b, float(g) / a.size)
+
+
+# ------------------------------------------------------------------------------------------------------ optimizers
+def sgd_update(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first):
+    t = p.dtype.type
+    use_buf = bool(momentum)
+    buf = buf if use_buf else cp.empty(1, dtype=p.dtype)
+    _launch("optim", "sgd_update", p.dtype, p.size,
+            (p, _c(g), buf, t(lr), t(momentum), t(dampening), t(weight_decay), i32(bool(nesterov)),
+             i32(bool(first)), i32(use_buf), i64(p.size)))
+
+
+def adam_update(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay):
+    t = p.dtype.type
+    bc1, bc2 = 1 - beta1 ** step, 1 - beta2 ** step
+    _launch("optim", "adam_update", p.dtype, p.size,
+            (p, _c(g), m, v, t(lr / bc1), t(beta1), t(beta2), t(eps), t(bc2 ** 0.5), t(weight_decay), i64(p.size)))
