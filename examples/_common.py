@@ -1,0 +1,126 @@
+"""Helpers shared by examples 03-05: the command line, the default data, a short training loop, and validation.
+
+(02_train_srcnn.py writes the same loop out in full.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from minisr import Tensor, optim
+from minisr import functional as F
+from minisr.data import DEFAULT_VALIDATION, PatchDataset, default_split
+from minisr.eval import evaluate
+from minisr.inference import BicubicUpscaler, Upscaler
+
+EXAMPLES = Path(__file__).resolve().parent
+
+
+def parser(doc: str, budget: float) -> argparse.ArgumentParser:
+    """--out, --tiny, --budget and --seed, which every example takes."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(EXAMPLES / "out"), help="output folder (default examples/out)")
+    ap.add_argument("--budget", type=float, default=budget,
+                    help=f"seconds of training in all, shared by the runs (default {budget:.0f}); a run that "
+                         "reaches its share stops early and says so")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tiny", action="store_true", help="a few steps on small data, for CI (seconds)")
+    return ap
+
+
+def out_dir(args) -> Path:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def centre_crop(img, size: int):
+    h, w = img.shape[:2]
+    y, x = max((h - size) // 2, 0), max((w - size) // 2, 0)
+    return img[y:y + size, x:x + size]
+
+
+def default_data(tiny: bool, crop: int | None = None):
+    """(training images, validation {name: HR}) from scikit-image's photos; tiny: 2 training images and 48x48
+    validation crops; ``crop``: validation centre crops of that size."""
+    train, val = default_split()
+    val = dict(zip(DEFAULT_VALIDATION, val))
+    if tiny:
+        return train[:2], {k: centre_crop(v, 48) for k, v in val.items()}
+    if crop:
+        val = {k: centre_crop(v, crop) for k, v in val.items()}
+    return train, val
+
+
+def patches(images, scale: int, patch: int, seed: int = 0, per_image: int = 64) -> PatchDataset:
+    """Random Y patches of the bicubic-upscaled LR image and the HR image (SRCNN/VDSR input)."""
+    return PatchDataset(images, scales=scale, patch_size=patch, patches_per_image=per_image, channels="y", seed=seed)
+
+
+def train(model, data: PatchDataset, *, steps: int, batch_size: int, lr: float, budget: float, smoothness: float = 0.0,
+          clip: float | None = None, log=None) -> dict:
+    """Adam on the MSE of the valid centre (+ ``smoothness`` * smoothness_loss of the output) for ``steps`` steps or
+    ``budget`` seconds, whichever comes first. Returns losses (total and MSE part per step), steps, seconds, status
+    ("done", "budget" or "diverged")."""
+    opt = optim.Adam(model.parameters(), lr=lr)
+    b = model.border
+    losses, mses, step, epoch, status = [], [], 0, 0, "done"
+    t0 = time.perf_counter()
+    while status == "done" and step < steps:
+        for x, t in data.batches(batch_size, epoch):
+            pred = model(Tensor(x))
+            target = Tensor(np.ascontiguousarray(t[:, :, b:t.shape[2] - b, b:t.shape[3] - b]))
+            mse = F.mse_loss(pred, target)
+            loss = mse + smoothness * F.smoothness_loss(pred) if smoothness else mse
+            value = loss.item()
+            if not math.isfinite(value):
+                status = "diverged"
+                break
+            opt.zero_grad()
+            loss.backward()
+            if clip:
+                optim.clip_grad_norm_(model.parameters(), clip)
+            opt.step()
+            losses.append(value)
+            mses.append(mse.item())
+            step += 1
+            if log and (step % log == 0 or step == steps):
+                print(f"    step {step:4d}  loss {np.mean(losses[-log:]):.5f}  ({time.perf_counter() - t0:.0f} s)")
+            if step >= steps:
+                break
+            if time.perf_counter() - t0 >= budget:
+                status = "budget"
+                break
+        epoch += 1
+    return dict(losses=losses, mses=mses, steps=step, seconds=time.perf_counter() - t0, status=status)
+
+
+def upscaler(model, scale: int) -> Upscaler:
+    return Upscaler(model, {"scale": scale}, scale)
+
+
+def psnr(model, val, scale: int) -> float:
+    """Mean validation PSNR on Y (border = scale) of the model through Upscaler."""
+    model.eval()
+    value = evaluate(upscaler(model, scale), val, scale)["mean"]["psnr"]
+    model.train()
+    return value
+
+
+def bicubic_psnr(val, scale: int) -> float:
+    return evaluate(BicubicUpscaler(scale), val, scale)["mean"]["psnr"]
+
+
+def smooth(values, k: int = 10):
+    """Running mean over k steps (for loss curves)."""
+    v = np.asarray(values, dtype=float)
+    if len(v) < k or k <= 1:
+        return v
+    c = np.cumsum(np.insert(v, 0, 0.0))
+    head = c[1:k] / np.arange(1, k)
+    return np.concatenate([head, (c[k:] - c[:-k]) / k])
