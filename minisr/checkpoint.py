@@ -59,3 +59,13 @@ def load(path) -> dict:
         if group in ("model", "optim"):
             out[group][name] = v
     return out
+
+
+def export_weights(src, dst, **card) -> Path:
+    """A small inference-only copy of a training checkpoint: the weights and the model part of ``meta`` (name,
+    config, scales, channels) plus ``card`` entries; no optimizer state or history. Used for the shipped weights."""
+    ckpt = load(src)
+    keep = ("model", "config", "scale", "scales", "channels", "epoch", "step", "best_psnr")
+    meta = {k: ckpt["meta"][k] for k in keep if k in ckpt["meta"]}
+    meta.update(card)
+    return save(dst, ckpt["model"], meta)

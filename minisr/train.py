@@ -81,6 +81,7 @@ class Config:
     backend: str | None = None
     out: str | None = None
     data_root: str | None = None
+    init: str | None = None
     model_cfg: dict = field(default_factory=dict)
 
     @property
@@ -133,6 +134,9 @@ class Trainer:
         self.cfg, self.out = cfg, out_dir
         manual_seed(cfg.seed)
         self.model = models.build(cfg.model, **cfg.model_cfg)
+        if cfg.init and resume is None:  # start from trained weights (e.g. x3 fine-tuned from x2)
+            src, _ = models.load(cfg.init)
+            self.model.load_state_dict(src.state_dict())
         self.model.to(cfg.device)
         self.optimizer = make_optimizer(cfg, self.model)
         self.data = make_dataset(cfg, self.model)
@@ -387,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=list(backends.CPU_BACKENDS), help="CPU kernel set (default numba)")
     p.add_argument("--out", help="output folder (default runs/<model>-x<scale>-<time>)")
     p.add_argument("--resume", help="checkpoint (last.npz) to continue exactly")
+    p.add_argument("--init", help="start from these weights (a checkpoint or shipped name of the same architecture)")
     # model config
     p.add_argument("--kernels", type=_ints, help="srcnn kernel sizes, e.g. 9,5,5")
     p.add_argument("--features", type=_ints, help="srcnn filter counts, e.g. 64,32")
@@ -439,7 +444,7 @@ def config_from_args(args) -> Config:
         weight_decay=pick("weight_decay", 1e-4 if args.model == "vdsr" else 0.0),
         lr_step=pick("lr_step", r["lr_step"]), lr_gamma=pick("lr_gamma", r["lr_gamma"]), clip=pick("clip", r["clip"]),
         loss=pick("loss", r["loss"]), smoothness=args.smoothness, augment=not args.no_augment, seed=args.seed,
-        device=args.device, backend=args.backend, out=args.out, model_cfg=model_cfg)
+        device=args.device, backend=args.backend, out=args.out, init=args.init, model_cfg=model_cfg)
 
 
 def _out_dir(cfg: Config) -> Path:
