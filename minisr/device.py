@@ -1,4 +1,6 @@
-"""Devices: ``"cpu"`` (NumPy arrays) and ``"cuda"`` (CuPy arrays). CuPy is imported only when a GPU is asked for."""
+"""Devices: ``"cpu"`` (NumPy arrays) and ``"cuda"`` (CuPy arrays).
+
+CuPy is imported only when a GPU is asked for."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """The ops: each one function, forward and backward side by side, calling the backend's kernels.
 
-Every op takes tensors, checks shapes and dtypes (a mismatch is a clear error naming the shapes, never a silent
-broadcast), computes its output with ``be = backend_for(...)`` kernels, and returns it with a ``backward`` closure that
-maps dE/d(output) to dE/d(each input). The docstrings state the equation implemented and the gradient sums computed.
+Every op takes tensors, checks shapes and dtypes (a mismatch is a clear error naming the shapes, never a
+silent broadcast), computes its output with ``be = backend_for(...)`` kernels, and returns it with a
+``backward`` closure that maps dE/d(output) to dE/d(each input). The docstrings state the equation implemented
+and the gradient sums computed.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ __all__ = [
 ]
 
 
-# ------------------------------------------------------------------------------------------------------ checking
+# --------------------------------------------------------------------------------------------------- checking
 def _tensor(x, name: str) -> Tensor:
     if isinstance(x, Tensor):
         return x
-    raise TypeError(f"{name} must be a minisr.Tensor, got {type(x).__name__} (wrap arrays with minisr.Tensor(a))")
+    raise TypeError(f"{name} must be a minisr.Tensor, got {type(x).__name__} "
+                    "(wrap arrays with minisr.Tensor(a))")
 
 
 def _check_ndim(x: Tensor, ndim: int, what: str, layout: str) -> None:
@@ -48,15 +50,16 @@ def _pair(v, name: str) -> tuple[int, int]:
     return v
 
 
-# --------------------------------------------------------------------------------------------------- convolution
+# ------------------------------------------------------------------------------------------------ convolution
 def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0) -> Tensor:
     """2-D convolution (cross-correlation, as PyTorch), computed as im2col + GEMM.
 
     Shapes: x (N, C, H, W), weight (O, C, kh, kw) (OIHW), bias (O,), output (N, O, Ho, Wo) with
-    Ho = (H + 2 ph - kh) // sh + 1 and Wo = (W + 2 pw - kw) // sw + 1 for stride (sh, sw) and zero padding (ph, pw).
+    Ho = (H + 2 ph - kh) // sh + 1 and Wo = (W + 2 pw - kw) // sw + 1
+    for stride (sh, sw) and zero padding (ph, pw).
 
-    Forward, with y the input zero-padded by (ph, pw) -- the seed report's x(i,j) = sum_{c,d} w(c,d) y(i+c, j+d),
-    summed over input channels and strided:
+    Forward, with y the input zero-padded by (ph, pw) -- the seed report's
+    x(i,j) = sum_{c,d} w(c,d) y(i+c, j+d), summed over input channels and strided:
 
         out[n, o, i, j] = b[o] + sum_{c, u, v} w[o, c, u, v] * y[n, c, i*sh + u, j*sw + v]
 
@@ -64,9 +67,11 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padd
     out[n] = W2 @ cols[n] (+ b).
 
     Backward, g = dE/d(out):
-        dE/dw[o, c, u, v] = sum_{n, i, j} g[n, o, i, j] * y[n, c, i*sh + u, j*sw + v]   (dW2 = sum_n g[n] @ cols[n]^T)
+        dE/dw[o, c, u, v] = sum_{n, i, j} g[n, o, i, j] * y[n, c, i*sh + u, j*sw + v]
+                          (as a GEMM: dW2 = sum_n g[n] @ cols[n]^T)
         dE/db[o]          = sum_{n, i, j} g[n, o, i, j]
-        dE/dx             = col2im(W2^T @ g[n])      (col2im is the adjoint of im2col; the padding is cut off)
+        dE/dx             = col2im(W2^T @ g[n])
+                          (col2im is the adjoint of im2col; the padding is cut off)
     """
     x, weight = _tensor(x, "conv2d input"), _tensor(weight, "conv2d weight")
     _check_ndim(x, 4, "conv2d input", "(N, C, H, W)")
@@ -77,10 +82,11 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padd
     if Cw != C:
         raise ValueError(f"conv2d: input {x.shape} has {C} channels but weight {weight.shape} expects {Cw}")
     if sh < 1 or sw < 1 or ph < 0 or pw < 0:
-        raise ValueError(f"conv2d: stride must be >= 1 and padding >= 0, got stride {(sh, sw)} padding {(ph, pw)}")
+        raise ValueError(f"conv2d: stride must be >= 1 and padding >= 0, got stride {(sh, sw)} "
+                         f"padding {(ph, pw)}")
     if H + 2 * ph < kh or W + 2 * pw < kw:
-        raise ValueError(f"conv2d: kernel {kh}x{kw} is larger than the padded input {H + 2 * ph}x{W + 2 * pw} "
-                         f"(input {x.shape}, padding {(ph, pw)})")
+        raise ValueError(f"conv2d: kernel {kh}x{kw} is larger than the padded input "
+                         f"{H + 2 * ph}x{W + 2 * pw} (input {x.shape}, padding {(ph, pw)})")
     if x.dtype != weight.dtype:
         raise TypeError(f"conv2d: input dtype {x.dtype} and weight dtype {weight.dtype} differ")
     parents = [x, weight]
@@ -115,7 +121,7 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padd
     return make_result(out, parents, backward, "conv2d")
 
 
-# ---------------------------------------------------------------------------------------------------- activations
+# ------------------------------------------------------------------------------------------------ activations
 def relu(x: Tensor) -> Tensor:
     """y = max(x, 0);  dE/dx = dE/dy * [y > 0]."""
     x = _tensor(x, "relu input")
@@ -132,7 +138,7 @@ def leaky_relu(x: Tensor, negative_slope: float = 0.01) -> Tensor:
     return make_result(y, [x], lambda g: (be.leaky_relu_backward(g, x.data, negative_slope),), "leaky_relu")
 
 
-# -------------------------------------------------------------------------------------------------- pixel shuffle
+# ---------------------------------------------------------------------------------------------- pixel shuffle
 def pixel_shuffle(x: Tensor, upscale_factor: int) -> Tensor:
     """Sub-pixel rearrangement (N, C*r*r, H, W) -> (N, C, H*r, W*r), PyTorch's channel order (C, r, r):
 
@@ -151,10 +157,15 @@ def pixel_shuffle(x: Tensor, upscale_factor: int) -> Tensor:
     return make_result(y, [x], lambda g: (be.pixel_shuffle_backward(g, r),), "pixel_shuffle")
 
 
-# ---------------------------------------------------------------------------------------------------------- losses
+# ----------------------------------------------------------------------------------------------------- losses
 def _loss_inputs(pred, target, op):
     pred = _tensor(pred, f"{op} input")
-    target = target if isinstance(target, Tensor) else Tensor(target, dtype=pred.dtype)
+    if not isinstance(target, Tensor):  # an array target is cast to pred's dtype, but only from float data
+        kind = getattr(getattr(target, "dtype", None), "kind", "f")
+        if kind != "f":
+            raise TypeError(f"{op}: target array has dtype {target.dtype} (shape {tuple(target.shape)}); "
+                            "minisr compares float data, convert it first (images: divide uint8 by 255)")
+        target = Tensor(target, dtype=pred.dtype)
     _check_same(pred, target, op)
     return pred, target
 
@@ -173,7 +184,9 @@ def mse_loss(pred: Tensor, target) -> Tensor:
 
 
 def l1_loss(pred: Tensor, target) -> Tensor:
-    """E = mean(|pred - target|);  dE/dpred = sign(pred - target) / n = -dE/dtarget (sign(0) = 0, as PyTorch)."""
+    """E = mean(|pred - target|);  dE/dpred = sign(pred - target) / n = -dE/dtarget.
+
+    sign(0) = 0, as PyTorch."""
     pred, target = _loss_inputs(pred, target, "l1_loss")
     be = backend_for(pred.data)
     loss = be.l1_forward(pred.data, target.data)
@@ -191,7 +204,10 @@ def smoothness_loss(x: Tensor) -> Tensor:
         S = sum (x[..., i, j+1] - x[..., i, j])^2 + sum (x[..., i+1, j] - x[..., i, j])^2
 
     (a sum, not a mean: the caller scales it by lambda). With dh = horizontal and dv = vertical differences,
-    dS/dx[.., i, j] = 2 (dh[.., i, j-1] - dh[.., i, j]) + 2 (dv[.., i-1, j] - dv[.., i, j]) (missing terms are 0).
+
+        dS/dx[.., i, j] = 2 (dh[.., i, j-1] - dh[.., i, j]) + 2 (dv[.., i-1, j] - dv[.., i, j])
+
+    (terms that fall outside the image are 0).
     """
     x = _tensor(x, "smoothness_loss input")
     _check_ndim(x, 4, "smoothness_loss input", "(N, C, H, W)")
@@ -212,20 +228,22 @@ def smoothness_loss(x: Tensor) -> Tensor:
     return make_result(xp.asarray(s, dtype=x.dtype), [x], backward, "smoothness_loss")
 
 
-# ------------------------------------------------------------------------------------------------------------ pad
+# -------------------------------------------------------------------------------------------------------- pad
 def pad(x: Tensor, pad, mode: str = "constant", value: float = 0.0) -> Tensor:
-    """Pad the last two axes, PyTorch's argument order: ``pad = (left, right, top, bottom)`` (or (left, right) for W).
+    """Pad the last two axes, PyTorch's argument order: ``pad = (left, right, top, bottom)``.
 
-    mode "constant" fills ``value``; "replicate" repeats the edge pixel; "reflect" mirrors without repeating it.
-    Every output pixel is a copy of one input pixel (or the constant), out = x[..., ih[a], iw[b]], so the backward adds
-    each output gradient back to the pixel it was copied from (the adjoint of that gather).
+    ``(left, right)`` pads W only. mode "constant" fills ``value``; "replicate" repeats the edge pixel;
+    "reflect" mirrors without repeating it. Every output pixel is a copy of one input pixel (or the constant),
+    out = x[..., ih[a], iw[b]], so the backward adds each output gradient back to the pixel it was copied from
+    (the adjoint of that gather).
     """
     x = _tensor(x, "pad input")
     pad = tuple(int(p) for p in pad)
     if len(pad) == 2:
         pad = pad + (0, 0)
     if len(pad) != 4 or min(pad) < 0:
-        raise ValueError(f"pad must be (left, right) or (left, right, top, bottom) of non-negative ints, got {pad}")
+        raise ValueError("pad must be (left, right) or (left, right, top, bottom) of non-negative ints, "
+                         f"got {pad}")
     if x.ndim < 2:
         raise ValueError(f"pad needs at least 2 dimensions, got shape {x.shape}")
     left, right, top, bottom = pad
@@ -271,7 +289,7 @@ def _scatter_add_last(dst, index, src):
         dst[..., int(index[k])] += src[..., k]
 
 
-# ------------------------------------------------------------------------------------------------- elementwise
+# ------------------------------------------------------------------------------------------------ elementwise
 def _scalar_or_same(a: Tensor, b, op: str):
     if isinstance(b, numbers.Number):
         return None
@@ -327,7 +345,7 @@ def astype(a: Tensor, dtype) -> Tensor:
     return make_result(y, [a], lambda g: (g.astype(src),), "astype")
 
 
-# ----------------------------------------------------------------------------------------------- shape and reduce
+# ------------------------------------------------------------------------------------------- shape and reduce
 def _norm_axes(axis, ndim):
     if axis is None:
         return tuple(range(ndim))
@@ -368,15 +386,26 @@ def reshape(a: Tensor, shape) -> Tensor:
 
 
 def getitem(a: Tensor, index) -> Tensor:
-    """y = a[index] (basic slicing, e.g. the valid centre of an image);  dE/da is dE/dy placed at index, 0 elsewhere."""
-    if isinstance(index, Tensor):
-        raise TypeError("indexing with a tensor is not supported; use slices or integers")
+    """y = a[index] (slicing, e.g. the valid centre of an image);  dE/da is dE/dy at index, 0 elsewhere.
+
+    With basic indexing (ints, slices, ``...``, ``None``) every element of a is picked at most once, so the
+    backward simply writes g into a zero array. An integer/boolean array index may pick an element several
+    times; its gradients then add up (``add.at``, unbuffered).
+    """
+    index = index if isinstance(index, tuple) else (index,)
+    if any(isinstance(i, Tensor) for i in index):
+        raise TypeError("indexing with a tensor is not supported; use slices, integers or integer arrays")
     xp = get_array_module(a.data)
     y = a.data[index]
+    y = xp.ascontiguousarray(y) if y.ndim else xp.asarray(y)  # (ascontiguousarray makes 0-d results 1-d)
+    basic = all(i is None or i is Ellipsis or isinstance(i, (slice, numbers.Integral)) for i in index)
 
     def backward(g):
         ga = xp.zeros_like(a.data)
-        ga[index] += g
+        if basic:
+            ga[index] = g
+        else:
+            xp.add.at(ga, index, g)
         return (ga,)
 
-    return make_result(xp.ascontiguousarray(y), [a], backward, "getitem")
+    return make_result(y, [a], backward, "getitem")

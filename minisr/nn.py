@@ -1,4 +1,5 @@
-"""Modules, as in ``torch.nn``: parameters registered by attribute, ``state_dict``, ``train()/eval()``, ``to(device)``."""
+"""Modules, as in ``torch.nn``: parameters registered by attribute, ``state_dict``, ``train()/eval()``,
+``to(device)``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 
 from . import functional as F
 from . import random as mrandom
+from .backends import get_array_module
 from .device import to_device
 from .tensor import Tensor
 
@@ -33,7 +35,8 @@ class Module:
 
     def __setattr__(self, name, value):
         if "_parameters" not in self.__dict__:
-            raise RuntimeError(f"{type(self).__name__}.__init__ must call super().__init__() before setting {name!r}")
+            raise RuntimeError(f"{type(self).__name__}.__init__ must call super().__init__() "
+                               f"before setting {name!r}")
         for store in (self._parameters, self._buffers, self._modules):
             store.pop(name, None)
         if isinstance(value, Parameter):
@@ -47,14 +50,14 @@ class Module:
         self.__setattr__(name, value)
         self._buffers[name] = value
 
-    # --------------------------------------------------------------------------------------------------- forward
+    # ------------------------------------------------------------------------------------------------ forward
     def forward(self, *args, **kwargs):
         raise NotImplementedError(f"{type(self).__name__} defines no forward()")
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
 
-    # --------------------------------------------------------------------------------------------------- traversal
+    # ---------------------------------------------------------------------------------------------- traversal
     def named_modules(self, prefix: str = ""):
         yield prefix, self
         for name, m in self._modules.items():
@@ -83,7 +86,7 @@ class Module:
     def num_parameters(self) -> int:
         return sum(p.size for p in self.parameters())
 
-    # --------------------------------------------------------------------------------------------------- state
+    # -------------------------------------------------------------------------------------------------- state
     def state_dict(self) -> OrderedDict:
         """Name -> NumPy array copy of every parameter and buffer (host memory, ready for ``np.savez``)."""
         out = OrderedDict()
@@ -105,10 +108,12 @@ class Module:
             if tuple(value.shape) != t.shape:
                 raise ValueError(f"load_state_dict: {name} has shape {tuple(value.shape)} in the state, "
                                  f"{t.shape} in the model")
-            t.data = to_device(value.astype(t.dtype, copy=True), t.device)
+            data = to_device(value.astype(t.dtype, copy=True), t.device)
+            # C order: the optimizer kernels update parameters through flat views
+            t.data = get_array_module(data).ascontiguousarray(data)
             t.grad = None
 
-    # --------------------------------------------------------------------------------------------------- modes
+    # -------------------------------------------------------------------------------------------------- modes
     def train(self, mode: bool = True):
         for m in self.modules():
             object.__setattr__(m, "training", mode)
@@ -129,7 +134,7 @@ class Module:
                 data = data.astype(dtype)
             if device is not None:
                 data = to_device(data, device)
-            t.data = data
+            t.data = get_array_module(data).ascontiguousarray(data)
             t.grad = None
         return self
 
@@ -151,10 +156,12 @@ class Module:
 
 
 class Conv2d(Module):
-    """``Conv2d(in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, init="default", std=1e-3)``.
+    """``Conv2d(in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, init="default",
+    std=1e-3, dtype=np.float32)``.
 
     Weight (out, in, k, k) (OIHW), bias (out,). ``init``:
-      * "default": PyTorch's (kaiming_uniform with a = sqrt(5)): weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in));
+      * "default": PyTorch's (kaiming_uniform with a = sqrt(5)):
+        weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in));
       * "gaussian": weight ~ N(0, std^2), bias 0 (SRCNN's 0.001);
       * "he": weight ~ N(0, 2 / fan_in), bias 0 (He et al., used by VDSR).
     ``padding="same"`` pads k // 2 (odd kernels, stride 1).
@@ -190,8 +197,8 @@ class Conv2d(Module):
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
 
     def extra_repr(self):
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}")
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}")
 
 
 class ReLU(Module):

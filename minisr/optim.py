@@ -1,6 +1,8 @@
-"""Optimizers with torch.optim's update rules and interface, a step learning-rate schedule, and gradient clipping.
+"""Optimizers with torch.optim's update rules and interface, a step learning-rate schedule, and gradient
+clipping.
 
-The update arithmetic is a backend kernel (``sgd_update`` / ``adam_update``), applied in place to each parameter.
+The update arithmetic is a backend kernel (``sgd_update`` / ``adam_update``), applied in place to each
+parameter.
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ import numpy as np
 
 from .backends import backend_for, get_array_module
 from .device import to_device
+from .tensor import Tensor
 
 __all__ = ["Optimizer", "SGD", "Adam", "StepLR", "clip_grad_norm_", "clip_grad_value_"]
 
 
 class Optimizer:
-    """Holds ``param_groups`` (a list of dicts with "params" and the hyper-parameters) and per-parameter ``state``."""
+    """Holds ``param_groups`` (dicts of "params" and the hyper-parameters) and per-parameter ``state``."""
 
     defaults: dict = {}
 
@@ -62,7 +65,8 @@ class Optimizer:
         raise NotImplementedError
 
     def state_dict(self) -> dict:
-        """Flat dict of arrays and numbers (np.savez friendly): hyper-parameters per group, state per parameter."""
+        """Flat dict of arrays and numbers (np.savez friendly): hyper-parameters per group, state per
+        parameter."""
         out = {}
         for gi, group in enumerate(self.param_groups):
             for k, v in group.items():
@@ -88,22 +92,26 @@ class Optimizer:
             head, name = key.split(".", 1)
             i = int(head[len("state"):])
             if i not in params:
-                raise KeyError(f"optimizer state for parameter {i}, but the optimizer has {len(params)} parameters")
+                raise KeyError(f"optimizer state for parameter {i}, but the optimizer has {len(params)} "
+                               "parameters")
             p = params[i]
             v = np.asarray(v)
             if v.ndim and v.shape != p.shape:
                 raise ValueError(f"optimizer state {key} has shape {v.shape}, parameter {i} has {p.shape}")
-            self.state.setdefault(i, {})[name] = v.item() if v.ndim == 0 else to_device(v.astype(p.dtype), p.device)
+            value = v.item() if v.ndim == 0 else to_device(np.ascontiguousarray(v, dtype=p.dtype), p.device)
+            self.state.setdefault(i, {})[name] = value
 
 
 class SGD(Optimizer):
-    """``SGD(params, lr, momentum=0, dampening=0, weight_decay=0, nesterov=False)``, torch.optim.SGD's rule."""
+    """``SGD(params, lr, momentum=0, dampening=0, weight_decay=0, nesterov=False)``: torch.optim.SGD's
+    rule."""
 
     defaults = dict(lr=1e-2, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False)
 
     def __init__(self, params, lr=1e-2, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
         if lr < 0 or momentum < 0 or weight_decay < 0:
-            raise ValueError(f"SGD: lr {lr}, momentum {momentum} and weight_decay {weight_decay} must be >= 0")
+            raise ValueError(f"SGD: lr {lr}, momentum {momentum} and weight_decay {weight_decay} "
+                             "must be >= 0")
         super().__init__(params, lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                          nesterov=nesterov)
 
@@ -111,8 +119,9 @@ class SGD(Optimizer):
         first = "momentum_buffer" not in state
         if group["momentum"] and first:
             state["momentum_buffer"] = get_array_module(p.data).empty_like(p.data)
-        backend_for(p.data).sgd_update(p.data, p.grad, state.get("momentum_buffer"), group["lr"], group["momentum"],
-                                       group["dampening"], group["weight_decay"], group["nesterov"], first)
+        backend_for(p.data).sgd_update(p.data, p.grad, state.get("momentum_buffer"), group["lr"],
+                                       group["momentum"], group["dampening"], group["weight_decay"],
+                                       group["nesterov"], first)
 
 
 class Adam(Optimizer):
@@ -136,7 +145,7 @@ class Adam(Optimizer):
 
 
 class StepLR:
-    """Multiply the learning rate by ``gamma`` every ``step_size`` calls of ``step()`` (one call per epoch)."""
+    """Multiply the learning rate by ``gamma`` every ``step_size`` calls of ``step()`` (one per epoch)."""
 
     def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1):
         self.optimizer, self.step_size, self.gamma = optimizer, int(step_size), float(gamma)
@@ -161,7 +170,12 @@ class StepLR:
 
 
 def clip_grad_norm_(params, max_norm: float) -> float:
-    """Scale all gradients together so their global L2 norm is at most ``max_norm``; returns the norm before."""
+    """Scale all gradients together so their global L2 norm is at most ``max_norm``; returns the norm before.
+
+    As torch.nn.utils.clip_grad_norm_: total = sqrt(sum of all squared gradient elements), and when
+    max_norm / (total + 1e-6) < 1 every gradient is multiplied by that factor."""
+    if isinstance(params, Tensor):
+        params = [params]
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return 0.0
@@ -174,7 +188,11 @@ def clip_grad_norm_(params, max_norm: float) -> float:
 
 
 def clip_grad_value_(params, clip_value: float) -> None:
-    """Clip every gradient element into [-clip_value, clip_value] (VDSR's adjustable clipping uses theta / lr)."""
+    """Clip every gradient element into [-clip_value, clip_value].
+
+    (VDSR's adjustable clipping passes theta / lr.)"""
+    if isinstance(params, Tensor):
+        params = [params]
     for p in params:
         if p.grad is not None:
             get_array_module(p.grad).clip(p.grad, -clip_value, clip_value, out=p.grad)

@@ -1,4 +1,5 @@
-"""One seeded NumPy generator for parameter initialisation: ``minisr.manual_seed(s)`` makes models reproducible."""
+"""One seeded NumPy generator for parameter initialisation: ``minisr.manual_seed(s)`` makes models
+reproducible."""
 
 from __future__ import annotations
 

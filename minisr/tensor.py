@@ -1,9 +1,9 @@
 """Eager tensors with reverse-mode automatic differentiation.
 
-A :class:`Tensor` holds a backend array (``.data``: NumPy on the CPU, CuPy on a GPU) and, when it was made by an op on
-tensors that require gradients, the op's *context*: its parent tensors and a ``backward`` function that maps the
-gradient of the output to the gradients of the parents. ``loss.backward()`` visits the graph in reverse topological
-order and accumulates ``.grad`` on the leaves (the parameters), as PyTorch does.
+A :class:`Tensor` holds a backend array (``.data``: NumPy on the CPU, CuPy on a GPU) and, when it was made by
+an op on tensors that require gradients, the op's *context*: its parent tensors and a ``backward`` function
+that maps the gradient of the output to the gradients of the parents. ``loss.backward()`` visits the graph in
+reverse topological order and accumulates ``.grad`` on the leaves (the parameters), as PyTorch does.
 
 Every op is written in :mod:`minisr.functional` as one function whose forward and backward sit side by side.
 """
@@ -52,12 +52,13 @@ def _as_array(data, dtype=None):
         data = data.data
     if is_cupy_array(data):
         arr = data
-    elif isinstance(data, np.ndarray):
-        arr = data
+    elif isinstance(data, (np.ndarray, np.generic)):  # NumPy scalars keep their dtype (np.float64 too)
+        arr = np.asarray(data)
     elif isinstance(data, (int, float, list, tuple)) and not isinstance(data, bool):
         arr = np.asarray(data, dtype=dtype or np.float32)
     else:
-        raise TypeError(f"Tensor data must be a float array, a number or a list of numbers, got {type(data).__name__}")
+        raise TypeError("Tensor data must be a float array, a number or a list of numbers, "
+                        f"got {type(data).__name__}")
     if dtype is not None:
         arr = arr.astype(dtype, copy=False)
     if arr.dtype.type not in _FLOATS:
@@ -69,8 +70,9 @@ def _as_array(data, dtype=None):
 class Tensor:
     """An n-dimensional float array that can record the ops applied to it.
 
-    ``Tensor(data, requires_grad=False, dtype=None)``: data is a float32/float64 NumPy (or CuPy) array, a number or a
-    nested list (made float32). Integer and boolean arrays are refused, so a uint8 image is never silently used.
+    ``Tensor(data, requires_grad=False, dtype=None)``: data is a float32/float64 NumPy (or CuPy) array, a
+    number or a nested list (made float32). Integer and boolean arrays are refused, so a uint8 image is never
+    silently used.
     """
 
     __array_priority__ = 1000  # ndarray (op) Tensor defers to Tensor's reflected operators
@@ -82,7 +84,7 @@ class Tensor:
         self._ctx = None  # (parents, backward_fn, op_name) for op outputs that need gradients
         self.name = None  # parameters get their module path here (used by graph views)
 
-    # ------------------------------------------------------------------------------------------------ properties
+    # --------------------------------------------------------------------------------------------- properties
     @property
     def shape(self) -> tuple:
         return tuple(self.data.shape)
@@ -120,7 +122,7 @@ class Tensor:
             extra += f", op={self.op}"
         return f"Tensor(shape={self.shape}, dtype={self.dtype}, device={self.device}{extra})"
 
-    # ------------------------------------------------------------------------------------------------ conversion
+    # --------------------------------------------------------------------------------------------- conversion
     def numpy(self) -> np.ndarray:
         """The data as a NumPy array (copied to the host for GPU tensors)."""
         if is_cupy_array(self.data):
@@ -165,16 +167,17 @@ class Tensor:
     def zero_grad(self) -> None:
         self.grad = None
 
-    # ------------------------------------------------------------------------------------------------- backward
+    # ----------------------------------------------------------------------------------------------- backward
     def backward(self, grad=None) -> None:
         """Reverse-mode sweep from this tensor: accumulate d(self)/d(leaf) * grad into every leaf's ``.grad``.
 
-        ``grad`` defaults to 1 for a scalar; a non-scalar needs an explicit gradient of its own shape. As in PyTorch the
-        graph is freed as it is consumed: call backward once per forward.
+        ``grad`` defaults to 1 for a scalar; a non-scalar needs an explicit gradient of its own shape. As in
+        PyTorch the graph is freed as it is consumed: call backward once per forward.
         """
         if not self.requires_grad:
-            raise RuntimeError("backward() on a tensor that does not require grad: no parameter or input with "
-                               "requires_grad=True took part in computing it (or it was computed under no_grad())")
+            raise RuntimeError("backward() on a tensor that does not require grad: no parameter or input "
+                               "with requires_grad=True took part in computing it (or it was computed "
+                               "under no_grad())")
         xp = get_array_module(self.data)
         if grad is None:
             if self.size != 1:
@@ -182,9 +185,10 @@ class Tensor:
                                  "reduce it (e.g. .mean()) or pass backward(grad) with that shape")
             grad = xp.ones_like(self.data)
         else:
-            grad = grad.data if isinstance(grad, Tensor) else xp.asarray(grad, dtype=self.dtype)
+            grad = xp.asarray(grad.data if isinstance(grad, Tensor) else grad, dtype=self.dtype)
             if tuple(grad.shape) != self.shape:
-                raise ValueError(f"backward(grad): grad has shape {tuple(grad.shape)}, the tensor has {self.shape}")
+                raise ValueError(f"backward(grad): grad has shape {tuple(grad.shape)}, "
+                                 f"the tensor has {self.shape}")
 
         order = _topological_order(self)
         grads = {id(self): grad}
@@ -206,12 +210,12 @@ class Tensor:
                 if pg is None or not p.requires_grad:
                     continue
                 if tuple(pg.shape) != p.shape:
-                    raise RuntimeError(f"internal error: {op} backward gave a gradient of shape {tuple(pg.shape)} "
-                                       f"for an input of shape {p.shape}")
+                    raise RuntimeError(f"internal error: {op} backward gave a gradient of shape "
+                                       f"{tuple(pg.shape)} for an input of shape {p.shape}")
                 k = id(p)
                 grads[k] = pg if k not in grads else grads[k] + pg
 
-    # ------------------------------------------------------------------------------------------------- operators
+    # ---------------------------------------------------------------------------------------------- operators
     def __add__(self, other):
         from . import functional as F
 
@@ -277,7 +281,9 @@ class Tensor:
 
 
 def _topological_order(root: Tensor) -> list[Tensor]:
-    """Nodes reachable from root, each after every node that uses it (iterative DFS: deep nets need no recursion)."""
+    """Nodes reachable from root, each after every node that uses it.
+
+    An iterative depth-first search, so deep nets need no recursion."""
     order, seen = [], set()
     stack = [(root, False)]
     while stack:
@@ -298,8 +304,10 @@ def _topological_order(root: Tensor) -> list[Tensor]:
 
 
 def make_result(data, parents, backward_fn, op: str) -> Tensor:
-    """Wrap an op's output; record (parents, backward_fn, op) when gradients are on and some parent needs one."""
+    """Wrap an op's output; record (parents, backward_fn, op) when gradients are on and a parent needs one."""
     out = Tensor.__new__(Tensor)
+    if isinstance(data, np.generic):  # NumPy turns 0-d array arithmetic into scalars; keep .data an array
+        data = np.asarray(data)
     out.data = data
     out.grad = None
     out.name = None

@@ -1,21 +1,24 @@
 """The kernel seam: one set of kernel signatures, one implementation per backend.
 
 Every op in :mod:`minisr.functional` is written once, against a *backend handle* ``be`` returned by
-:func:`backend_for`, and calls only the kernels listed in ``KERNELS``. A backend is a module that defines all of them:
+:func:`backend_for`, and calls only the kernels listed in ``KERNELS``. A backend is a module that defines all
+of them:
 
 * ``numpy``  -- :mod:`minisr.backends.numpy_backend`, the readable reference (what a student reads);
-* ``numba``  -- :mod:`minisr.backends.numba_backend`, the same signatures as parallel Numba loops (CPU default);
+* ``numba``  -- :mod:`minisr.backends.numba_backend`, the same signatures as parallel Numba loops (CPU
+  default);
 * ``cupy``   -- the GPU kernels (CUDA C in the top-level ``kernels/``), chosen automatically for CuPy arrays.
 
-The CPU set is chosen with ``MINISR_BACKEND=numpy|numba`` or :func:`set_backend`. To debug a Numba kernel line by line,
-run with ``NUMBA_DISABLE_JIT=1``: the same loops then run as plain Python.
+The CPU set is chosen with ``MINISR_BACKEND=numpy|numba`` or :func:`set_backend`. To debug a Numba kernel
+line by line, run with ``NUMBA_DISABLE_JIT=1``: the same loops then run as plain Python.
 
 Adding a backend
 ----------------
-1. Write ``minisr/backends/<name>_backend.py`` defining every name in ``KERNELS`` with the numpy reference's signature
-   (copy the docstrings' contracts; shapes and dtypes must match exactly).
+1. Write ``minisr/backends/<name>_backend.py`` defining every name in ``KERNELS`` with the numpy reference's
+   signature (copy the docstrings' contracts; shapes and dtypes must match exactly).
 2. Register it in ``_MODULES`` below.
-3. Run ``pytest tests/test_backends.py``: it checks every kernel of every importable backend against the numpy reference.
+3. Run ``pytest tests/test_backends.py``: it checks every kernel of every importable backend against the
+   numpy reference.
 """
 
 from __future__ import annotations
@@ -44,6 +47,23 @@ CPU_BACKENDS = ("numpy", "numba")
 
 _cpu_name = None
 _loaded: dict = {}
+
+
+def prefer_passive_openmp() -> None:
+    """Set ``OMP_WAIT_POLICY=PASSIVE`` unless it is set or Numba is told to use a non-OpenMP threading layer.
+
+    Numba's default OpenMP layer lets its worker threads spin-wait after every parallel loop, and those
+    spinning threads slow the BLAS GEMM that follows (im2col -> GEMM -> bias_add alternate all the time;
+    measured ~30% on a conv2d forward + backward with 2 cores); passive waiting puts them to sleep at once.
+    An OpenMP runtime reads this when it is loaded: when Numba first starts its threads -- or, if PyTorch is
+    imported, at that import, since Numba then runs on PyTorch's libgomp. So it is done when minisr is
+    imported: import minisr before torch, or set OMP_WAIT_POLICY yourself (which also overrides it).
+    """
+    if os.environ.get("NUMBA_THREADING_LAYER", "default").lower() in ("default", "omp"):
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+prefer_passive_openmp()
 
 
 def available_backends() -> list[str]:

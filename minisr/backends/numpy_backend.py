@@ -1,15 +1,14 @@
 """NumPy reference kernels: the readable version of every kernel minisr calls.
 
-Each function is the contract for the same-named kernel in the other backends: same arguments, same shapes, same dtype
-out. They use only array operations, so they also run unchanged on CuPy arrays (``xp = get_array_module(x)``).
+Each function is the contract for the same-named kernel in the other backends: same arguments, same shapes,
+same dtype out. They use only array operations, so they also run unchanged on CuPy arrays
+(``xp = get_array_module(x)``).
 
-Notation: x is (N, C, H, W); a kernel window is kh x kw; stride (sh, sw); zero padding (ph, pw); the output grid is
-Ho = (H + 2 ph - kh) // sh + 1 by Wo = (W + 2 pw - kw) // sw + 1, and P = Ho * Wo, K = C * kh * kw.
+Notation: x is (N, C, H, W); a kernel window is kh x kw; stride (sh, sw); zero padding (ph, pw); the output
+grid is Ho = (H + 2 ph - kh) // sh + 1 by Wo = (W + 2 pw - kw) // sw + 1, and P = Ho * Wo, K = C * kh * kw.
 """
 
 from __future__ import annotations
-
-import numpy as np
 
 from . import get_array_module
 
@@ -20,7 +19,7 @@ def out_size(size: int, k: int, stride: int, pad: int) -> int:
     return (size + 2 * pad - k) // stride + 1
 
 
-# --------------------------------------------------------------------------------------------------- im2col / col2im
+# -------------------------------------------------------------------------------------------- im2col / col2im
 def im2col(x, kh, kw, sh, sw, ph, pw):
     """Unfold every kh x kw window of the zero-padded x into a column.
 
@@ -58,18 +57,20 @@ def col2im(cols, x_shape, kh, kw, sh, sw, ph, pw):
     return dxpad[:, :, ph:ph + H, pw:pw + W]
 
 
-# --------------------------------------------------------------------------------------------------------- GEMMs
+# ------------------------------------------------------------------------------------------------------ GEMMs
 def conv_gemm(w2, cols):
     """out[n] = w2 @ cols[n]: (O, K) x (N, K, P) -> (N, O, P)."""
     return get_array_module(cols).matmul(w2, cols)
 
 
 def conv_gemm_weight_grad(g, cols):
-    """dw2 = sum_n g[n] @ cols[n]^T: (N, O, P) x (N, K, P) -> (O, K). The weight-gradient sum over all outputs."""
-    dw = g[0] @ cols[0].T
-    for n in range(1, g.shape[0]):
-        dw += g[n] @ cols[n].T
-    return dw
+    """dw2 = sum_n g[n] @ cols[n]^T: (N, O, P) x (N, K, P) -> (O, K), the weight-gradient sum over all
+    outputs.
+
+    One batched GEMM (cols[n]^T is a transposed view, which BLAS reads without a copy), then the sum over the
+    batch.
+    """
+    return get_array_module(g).matmul(g, cols.transpose(0, 2, 1)).sum(axis=0)
 
 
 def conv_gemm_input_grad(w2, g):
@@ -77,7 +78,7 @@ def conv_gemm_input_grad(w2, g):
     return get_array_module(g).matmul(w2.T, g)
 
 
-# ---------------------------------------------------------------------------------------------------------- bias
+# ------------------------------------------------------------------------------------------------------- bias
 def bias_add(y, b):
     """In place: y[n, o, ...] += b[o] for y of shape (N, O, ...). Returns y."""
     y += b.reshape((1, -1) + (1,) * (y.ndim - 2))
@@ -90,7 +91,7 @@ def bias_grad(g):
     return g.sum(axis=axes)
 
 
-# ---------------------------------------------------------------------------------------------------- activations
+# ------------------------------------------------------------------------------------------------ activations
 def relu_forward(x):
     """y = max(x, 0)."""
     return get_array_module(x).maximum(x, 0)
@@ -111,7 +112,7 @@ def leaky_relu_backward(g, x, slope):
     return get_array_module(g).where(x > 0, g, g * g.dtype.type(slope))
 
 
-# --------------------------------------------------------------------------------------------------- pixel shuffle
+# ---------------------------------------------------------------------------------------------- pixel shuffle
 def pixel_shuffle_forward(x, r):
     """(N, C*r*r, H, W) -> (N, C, H*r, W*r) with y[n, c, h*r + i, w*r + j] = x[n, c*r*r + i*r + j, h, w]."""
     N, Crr, H, W = x.shape
@@ -126,11 +127,11 @@ def pixel_shuffle_backward(g, r):
     return g.reshape(N, C, H, r, W, r).transpose(0, 1, 3, 5, 2, 4).reshape(N, C * r * r, H, W)
 
 
-# ---------------------------------------------------------------------------------------------------------- losses
+# ----------------------------------------------------------------------------------------------------- losses
 def mse_forward(a, b):
     """mean((a - b)^2) as a 0-d array of a's dtype."""
     d = a - b
-    return (d * d).sum() / a.dtype.type(a.size)
+    return get_array_module(a).asarray((d * d).sum() / a.dtype.type(a.size))
 
 
 def mse_backward(a, b, g):
@@ -140,7 +141,8 @@ def mse_backward(a, b, g):
 
 def l1_forward(a, b):
     """mean(|a - b|) as a 0-d array of a's dtype."""
-    return get_array_module(a).abs(a - b).sum() / a.dtype.type(a.size)
+    xp_ = get_array_module(a)
+    return xp_.asarray(xp_.abs(a - b).sum() / a.dtype.type(a.size))
 
 
 def l1_backward(a, b, g):
@@ -148,10 +150,11 @@ def l1_backward(a, b, g):
     return get_array_module(a).sign(a - b) * a.dtype.type(float(g) / a.size)
 
 
-# ------------------------------------------------------------------------------------------------------ optimizers
+# ------------------------------------------------------------------------------------------------- optimizers
 def sgd_update(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first):
-    """In place, torch.optim.SGD's rule:  d = g + wd p;  buf = d (first step) or momentum buf + (1 - dampening) d;
-    d = d + momentum buf (Nesterov) or buf;  p -= lr d.  ``buf`` is None when momentum is 0."""
+    """In place, torch.optim.SGD's rule:  d = g + wd p;
+    buf = d (first step) or momentum buf + (1 - dampening) d;  d = d + momentum buf (Nesterov) or buf;
+    p -= lr d.  ``buf`` is None when momentum is 0."""
     t = p.dtype.type
     d = g + t(weight_decay) * p if weight_decay else g
     if momentum:

@@ -1,0 +1,314 @@
+"""Every kernel of every importable backend against the numpy reference, float32 and float64, awkward shapes.
+
+``CASES`` below builds the arguments of each name in ``minisr.backends.KERNELS``; a test fails when a kernel
+is added to the seam without a case here. In-place kernels (bias_add, sgd_update, adam_update) are compared on
+the arrays they modify.
+"""
+
+from __future__ import annotations
+
+import inspect
+import zlib
+
+import numpy as np
+import pytest
+
+import minisr
+import minisr.functional as F
+from minisr import backends
+from minisr.backends import KERNELS, get_backend
+from minisr.backends import numpy_backend as ref
+
+OTHERS = [name for name in backends.available_backends() if name != "numpy"]
+DTYPES = [np.float32, np.float64]
+TOL = {np.float32: 2e-5, np.float64: 1e-12}  # relative to the largest magnitude of the reference result
+
+# (N, C, H, W), (kh, kw), (sh, sw), (ph, pw): batch 1, one channel, 9x9 and 1x1 kernels, stride 2 and 3,
+# padding 0 and k // 2, non-square images (also the benchmark's 3x3 "same" layer).
+CONV = [
+    ((1, 1, 9, 11), (9, 9), (1, 1), (0, 0)),
+    ((2, 1, 10, 9), (9, 9), (3, 3), (4, 4)),
+    ((2, 3, 7, 5), (1, 1), (2, 2), (0, 0)),
+    ((1, 2, 10, 7), (3, 3), (2, 2), (1, 1)),
+    ((2, 2, 11, 8), (3, 3), (3, 3), (0, 0)),
+    ((1, 2, 8, 13), (3, 5), (2, 3), (1, 2)),
+    ((3, 4, 12, 12), (3, 3), (1, 1), (1, 1)),
+]
+OUT_CH = 3
+
+
+def _geometry(case):
+    (N, C, H, W), (kh, kw), (sh, sw), (ph, pw) = case
+    Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+    return N, C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo
+
+
+def _conv_args(kernel, case, rng, dt):
+    N, C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo = _geometry(case)
+    K, P = C * kh * kw, Ho * Wo
+    r = lambda *s: rng.standard_normal(s).astype(dt)  # noqa: E731
+    return {
+        "im2col": lambda: (r(N, C, H, W), kh, kw, sh, sw, ph, pw),
+        "col2im": lambda: (r(N, K, P), (N, C, H, W), kh, kw, sh, sw, ph, pw),
+        "conv_gemm": lambda: (r(OUT_CH, K), r(N, K, P)),
+        "conv_gemm_weight_grad": lambda: (r(N, OUT_CH, P), r(N, K, P)),
+        "conv_gemm_input_grad": lambda: (r(OUT_CH, K), r(N, OUT_CH, P)),
+        "bias_add": lambda: (r(N, OUT_CH, Ho, Wo), r(OUT_CH)),
+        "bias_grad": lambda: (r(N, OUT_CH, Ho, Wo),),
+    }[kernel]()
+
+
+def _partly_equal(a, b):
+    """b with every 5th element set equal to a's, so a - b has exact zeros."""
+    b.flat[::5] = a.flat[::5]
+    return b
+
+
+def _other_args(kernel, shape, rng, dt):
+    r = lambda *s: rng.standard_normal(s).astype(dt)  # noqa: E731
+    x = r(*shape)
+    x.flat[::7] = 0  # exact zeros: the activations' kinks
+    t = dt
+    return {
+        "relu_forward": lambda: (x,),
+        "relu_backward": lambda: (r(*shape), np.maximum(x, 0)),
+        "leaky_relu_forward": lambda: (x, 0.2),
+        "leaky_relu_backward": lambda: (r(*shape), x, 0.01),
+        "mse_forward": lambda: (r(*shape), x),
+        "mse_backward": lambda: (r(*shape), x, np.asarray(0.7, dtype=t)),
+        "l1_forward": lambda: (r(*shape), x),
+        "l1_backward": lambda: (x, _partly_equal(x, r(*shape)), np.asarray(1.3, dtype=t)),  # sign(0) = 0
+        "sgd_update": None,
+        "adam_update": None,
+    }[kernel]()
+
+
+SHUFFLE = [((1, 4, 3, 5), 2), ((2, 9, 2, 3), 3), ((1, 3, 4, 1), 1), ((2, 8, 5, 4), 2)]
+ELEMENTWISE_SHAPES = [(1, 1, 1, 1), (2, 3, 5, 7), (4, 64, 9, 10)]  # the last one keeps several threads busy
+SGD_SETTINGS = [  # lr, momentum, dampening, weight_decay, nesterov, first
+    (0.1, 0.0, 0.0, 0.0, False, True),
+    (0.1, 0.9, 0.0, 1e-3, False, True),
+    (0.1, 0.9, 0.1, 1e-3, False, False),
+    (0.05, 0.8, 0.0, 1e-2, True, False),
+]
+ADAM_SETTINGS = [  # step, lr, beta1, beta2, eps, weight_decay
+    (1, 1e-3, 0.9, 0.999, 1e-8, 0.0),
+    (7, 1e-2, 0.8, 0.99, 1e-6, 1e-2),
+]
+
+
+def _cases():
+    """(kernel, case id, args builder(rng, dtype), indices of arguments modified in place)."""
+    out = []
+    conv_kernels = ["im2col", "col2im", "conv_gemm", "conv_gemm_weight_grad", "conv_gemm_input_grad",
+                    "bias_add", "bias_grad"]
+    for k in conv_kernels:
+        for ci, case in enumerate(CONV):
+            out.append((k, f"conv{ci}", lambda rng, dt, k=k, case=case: _conv_args(k, case, rng, dt),
+                        (0,) if k == "bias_add" else ()))
+    for k in ("pixel_shuffle_forward", "pixel_shuffle_backward"):
+        for si, (shape, r) in enumerate(SHUFFLE):
+            def build(rng, dt, k=k, shape=shape, r=r):
+                N, Crr, H, W = shape
+                if k == "pixel_shuffle_forward":
+                    return rng.standard_normal(shape).astype(dt), r
+                return rng.standard_normal((N, Crr // (r * r), H * r, W * r)).astype(dt), r
+            out.append((k, f"shuffle{si}", build, ()))
+    for k in ("relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_backward",
+              "mse_forward", "mse_backward", "l1_forward", "l1_backward"):
+        for shape in ELEMENTWISE_SHAPES:
+            out.append((k, "x".join(map(str, shape)),
+                        lambda rng, dt, k=k, s=shape: _other_args(k, s, rng, dt), ()))
+    for si, setting in enumerate(SGD_SETTINGS):
+        def build(rng, dt, setting=setting):
+            p, g = rng.standard_normal((4, 3, 3, 3)).astype(dt), rng.standard_normal((4, 3, 3, 3)).astype(dt)
+            buf = rng.standard_normal(p.shape).astype(dt) if setting[1] else None
+            return (p, g, buf) + setting
+        out.append(("sgd_update", f"sgd{si}", build, (0, 2)))
+    for ai, setting in enumerate(ADAM_SETTINGS):
+        def build(rng, dt, setting=setting):
+            p, g, m = (rng.standard_normal((5, 2, 3, 3)).astype(dt) for _ in range(3))
+            v = rng.uniform(0.0, 2.0, p.shape).astype(dt)
+            return (p, g, m, v) + setting
+        out.append(("adam_update", f"adam{ai}", build, (0, 2, 3)))
+    return out
+
+
+CASES = _cases()
+
+
+def _copy(args):
+    return tuple(a.copy() if isinstance(a, np.ndarray) else a for a in args)
+
+
+def _assert_close(got, want, dt, what):
+    assert isinstance(got, np.ndarray), f"{what}: got {type(got).__name__}, not an ndarray"
+    assert got.shape == want.shape, f"{what}: shape {got.shape} != reference {want.shape}"
+    assert got.dtype == want.dtype, f"{what}: dtype {got.dtype} != reference {want.dtype}"
+    scale = max(1.0, float(np.abs(want).max())) if want.size else 1.0
+    np.testing.assert_allclose(got, want, rtol=0, atol=TOL[dt] * scale, err_msg=what)
+
+
+def test_every_kernel_has_a_case():
+    assert {c[0] for c in CASES} == set(KERNELS)
+
+
+@pytest.mark.parametrize("name", ["numpy"] + OTHERS)
+def test_backend_defines_every_kernel_with_the_reference_signature(name):
+    be = get_backend(name)
+    for k in KERNELS:
+        assert callable(getattr(be, k, None)), f"backend {name} lacks kernel {k}"
+        assert (list(inspect.signature(getattr(be, k)).parameters)
+                == list(inspect.signature(getattr(ref, k)).parameters)), f"{name}.{k}: signature differs"
+
+
+@pytest.mark.parametrize("backend", OTHERS)
+@pytest.mark.parametrize("dt", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("kernel,case_id,build,inplace", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
+def test_kernel_matches_numpy(backend, dt, kernel, case_id, build, inplace):
+    be = get_backend(backend)
+    args = build(np.random.default_rng(zlib.crc32(f"{kernel}{case_id}".encode())), dt)
+    ref_args, be_args = _copy(args), _copy(args)
+    want = getattr(ref, kernel)(*ref_args)
+    got = getattr(be, kernel)(*be_args)
+    what = f"{backend}.{kernel} {case_id} {np.dtype(dt).name}"
+    if inplace:
+        for i in inplace:
+            if ref_args[i] is not None:
+                _assert_close(be_args[i], ref_args[i], dt, f"{what} (argument {i}, in place)")
+    if want is not None:
+        _assert_close(np.asarray(got) if np.isscalar(got) else got, np.asarray(want), dt, what)
+
+
+@pytest.mark.skipif("numba" not in OTHERS, reason="numba backend not importable")
+@pytest.mark.parametrize("N", [2, 3, 7])
+def test_numba_batch_parallel_gemms(N):
+    """The numba GEMMs split the images over worker threads with single-threaded BLAS; uneven shares too."""
+    import numba
+
+    nbe = get_backend("numba")
+    if nbe._set_blas_threads is None or numba.get_num_threads() < 2:
+        pytest.skip("needs OpenBLAS's openblas_set_num_threads_local and >= 2 threads")
+    blas_threads = nbe._set_blas_threads(1)  # (read the current count)
+    nbe._set_blas_threads(blas_threads)
+    rng = np.random.default_rng(N)
+    w2, cols, g = rng.standard_normal((5, 12)), rng.standard_normal((N, 12, 30)), rng.standard_normal((N, 5, 30))
+    calls = []
+    assert nbe._over_images(N, lambda t, n0, n1: calls.append((n0, n1)))
+    T = min(numba.get_num_threads(), N)
+    assert sorted(calls) == [(N * t // T, N * (t + 1) // T) for t in range(T)]  # every image once
+    np.testing.assert_allclose(nbe.conv_gemm(w2, cols), ref.conv_gemm(w2, cols), rtol=1e-13)
+    np.testing.assert_allclose(nbe.conv_gemm_weight_grad(g, cols), ref.conv_gemm_weight_grad(g, cols), rtol=1e-12)
+    np.testing.assert_allclose(nbe.conv_gemm_input_grad(w2, g), ref.conv_gemm_input_grad(w2, g), rtol=1e-13)
+    assert nbe._set_blas_threads(blas_threads) == blas_threads  # NumPy's own BLAS threads were given back
+
+
+@pytest.mark.skipif("numba" not in OTHERS, reason="numba backend not importable")
+def test_numba_workspace_reuses_only_idle_buffers():
+    """A cached buffer is handed out again only when no array made from it is alive."""
+    nbe = get_backend("numba")
+    nbe.empty_cache()
+    shape = (nbe._MIN_CACHED // 4 + 64,)  # just over the caching threshold, float32
+    a = nbe._empty(shape, np.float32)
+    a[:] = 1.0
+    view = a[5:].reshape(-1)[::2]  # a derived view keeps the buffer busy after `a` is gone
+    del a
+    b = nbe._empty(shape, np.float32)
+    assert not np.shares_memory(b, view)
+    b[:] = 2.0
+    np.testing.assert_array_equal(view, 1.0)  # untouched
+    del view
+    c = nbe._empty(shape, np.float32)  # the first buffer is idle now: reused
+    assert len(nbe._cache) == 2 and not np.shares_memory(c, b)
+    d = nbe._empty((shape[0] // 2,), np.float64)  # same bytes, another dtype: a third buffer (b, c alive)
+    assert d.dtype == np.float64 and len(nbe._cache) == 3
+    del b, c, d
+    assert nbe.empty_cache() == 3 * shape[0] * 4 and nbe._cache == []
+    small = nbe._empty((10,), np.float32)  # small arrays are plain np.empty
+    assert small.flags.owndata and nbe._cache == []
+
+
+@pytest.mark.parametrize("backend", OTHERS)
+def test_nan_and_inf_pass_through_activations_like_the_reference(backend):
+    """A diverging net must stay visibly diverged: NaN/inf are not silently turned into 0 by an activation."""
+    be = get_backend(backend)
+    x = np.array([np.nan, np.inf, -np.inf, -1.0, 0.0, 2.0], dtype=np.float32)
+    np.testing.assert_array_equal(be.relu_forward(x), ref.relu_forward(x))
+    np.testing.assert_array_equal(be.leaky_relu_forward(x, 0.1), ref.leaky_relu_forward(x, 0.1))
+
+
+@pytest.mark.parametrize("backend", ["numpy"] + OTHERS)
+@pytest.mark.parametrize("case", CONV, ids=[f"conv{i}" for i in range(len(CONV))])
+def test_col2im_is_the_adjoint_of_im2col(backend, case):
+    """<im2col(x), c> = <x, col2im(c)> for every x and c."""
+    be = get_backend(backend)
+    N, C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo = _geometry(case)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((N, C, H, W))
+    c = rng.standard_normal((N, C * kh * kw, Ho * Wo))
+    lhs = float((be.im2col(x, kh, kw, sh, sw, ph, pw) * c).sum())
+    rhs = float((x * be.col2im(c, x.shape, kh, kw, sh, sw, ph, pw)).sum())
+    assert lhs == pytest.approx(rhs, rel=1e-12, abs=1e-12)
+
+
+@pytest.mark.parametrize("backend", OTHERS)
+def test_inplace_kernels_on_non_contiguous_arrays(backend):
+    """An update of a non-contiguous parameter (e.g. loaded from a transposed array) must not be lost."""
+    be = get_backend(backend)
+    rng = np.random.default_rng(2)
+    p0 = np.asfortranarray(rng.standard_normal((3, 4)))
+    g = rng.standard_normal((3, 4))
+    for fn, extra in ((be.sgd_update, (None, 0.1, 0.0, 0.0, 0.0, False, True)),
+                      (be.adam_update, (np.zeros((3, 4)), np.zeros((3, 4)), 1, 0.1, 0.9, 0.999, 1e-8, 0.0))):
+        p, q = p0.copy(order="F"), p0.copy()
+        ref_extra = _copy(extra)
+        fn(p, g, *extra)
+        getattr(ref, fn.__name__)(q, g, *ref_extra)
+        np.testing.assert_allclose(p, q, rtol=1e-12)
+        assert not np.allclose(p, p0)
+    y = np.asfortranarray(rng.standard_normal((2, 3, 4, 5)))
+    want = y + np.arange(3.0).reshape(1, 3, 1, 1)
+    be.bias_add(y, np.arange(3.0))
+    np.testing.assert_allclose(y, want)
+
+
+@pytest.mark.parametrize("backend", OTHERS)
+@pytest.mark.parametrize("dt", DTYPES, ids=["float32", "float64"])
+def test_ops_match_numpy_end_to_end(backend, dt):
+    """A small net, forward and backward through the ops, on the reference and on this backend."""
+    rng = np.random.default_rng(3)
+    shapes = [(2, 1, 11, 9), (8, 1, 5, 5), (8,), (4, 8, 3, 3), (4,)]
+    arrays = [rng.standard_normal(s).astype(dt) for s in shapes]
+    target = rng.standard_normal((2, 1, 14, 10)).astype(dt)
+    results = {}
+    for name in ("numpy", backend):
+        with minisr.use_backend(name):
+            ts = [minisr.Tensor(a.copy(), requires_grad=True) for a in arrays]
+            x, w1, b1, w2, b2 = ts
+            y = F.pixel_shuffle(F.conv2d(F.leaky_relu(F.conv2d(x, w1, b1, 1, 0), 0.1), w2, b2, 1, 1), 2)
+            loss = F.mse_loss(y, target) + F.l1_loss(y, target)
+            loss.backward()
+            results[name] = [loss.numpy()] + [t.grad for t in ts]
+    for i, (a, b) in enumerate(zip(results["numpy"], results[backend])):
+        _assert_close(np.asarray(b), np.asarray(a), dt, f"end to end, output {i}")
+
+
+def test_backend_selection(monkeypatch):
+    assert set(backends.CPU_BACKENDS) <= set(backends.available_backends())
+    before = backends.cpu_backend_name()
+    with minisr.use_backend("numpy") as be:
+        assert be.NAME == "numpy" and backends.get_backend().NAME == "numpy"
+        with minisr.use_backend("numba"):
+            assert backends.backend_for(np.zeros(1)).NAME == "numba"
+        assert backends.get_backend().NAME == "numpy"
+    assert backends.cpu_backend_name() == before
+    with pytest.raises(ValueError, match="numpy"):
+        minisr.set_backend("fortran")
+    monkeypatch.setattr(backends, "_cpu_name", None)
+    monkeypatch.setenv("MINISR_BACKEND", "numpy")
+    assert backends.cpu_backend_name() == "numpy"
+    monkeypatch.setattr(backends, "_cpu_name", None)
+    monkeypatch.setenv("MINISR_BACKEND", "cuda")
+    with pytest.raises(ValueError, match="MINISR_BACKEND"):
+        backends.cpu_backend_name()
+    monkeypatch.setattr(backends, "_cpu_name", before)
