@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .backends import get_array_module
-from .tensor import Tensor
+from .tensor import Tensor, graph_order
 
 __all__ = ["to_dot", "draw", "trace", "Trace", "OpRecord", "graph_nodes", "norm", "parameter_names"]
 
@@ -74,22 +74,7 @@ def graph_nodes(root: Tensor, grad_only: bool = False) -> list[Tensor]:
     ``grad_only`` follows only inputs that require gradients, as ``backward()`` does. Iterative, so deep nets need no
     recursion.
     """
-    order, seen = [], set()
-    stack = [(root, False)]
-    while stack:
-        node, expanded = stack.pop()
-        if expanded:
-            order.append(node)
-            continue
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        stack.append((node, True))
-        if node._ctx is not None:
-            for p in reversed(node._ctx[0]):
-                if id(p) not in seen and (p.requires_grad or not grad_only):
-                    stack.append((p, False))
-    return order
+    return graph_order(root, grad_only)
 
 
 def _shape(a) -> tuple:

@@ -280,10 +280,12 @@ class Tensor:
         return F.reshape(self, shape)
 
 
-def _topological_order(root: Tensor) -> list[Tensor]:
-    """Nodes reachable from root, each after every node that uses it.
+def graph_order(root: Tensor, grad_only: bool = True) -> list[Tensor]:
+    """Every tensor the graph of ``root`` reaches (ops and leaves), each after all of its inputs: forward order.
 
-    An iterative depth-first search, so deep nets need no recursion."""
+    ``grad_only`` follows only inputs that require gradients, as ``backward()`` does. An iterative depth-first
+    search, so deep nets need no recursion.
+    """
     order, seen = [], set()
     stack = [(root, False)]
     while stack:
@@ -296,11 +298,16 @@ def _topological_order(root: Tensor) -> list[Tensor]:
         seen.add(id(node))
         stack.append((node, True))
         if node._ctx is not None:
-            for p in node._ctx[0]:
-                if p.requires_grad and id(p) not in seen:
+            for p in reversed(node._ctx[0]):
+                if id(p) not in seen and (p.requires_grad or not grad_only):
                     stack.append((p, False))
-    order.reverse()
     return order
+
+
+def _topological_order(root: Tensor) -> list[Tensor]:
+    """Nodes reachable from root through inputs that need gradients, each before every input it was computed
+    from: the order of the backward sweep."""
+    return graph_order(root, grad_only=True)[::-1]
 
 
 def make_result(data, parents, backward_fn, op: str) -> Tensor:
