@@ -25,8 +25,8 @@ import minisr
 from minisr import Tensor, optim
 from minisr import functional as F
 from minisr.data import DEFAULT_VALIDATION, PatchDataset, default_split
-from minisr.eval import evaluate
-from minisr.inference import BicubicUpscaler, Upscaler
+from minisr.eval import bicubic_upscaler, evaluate
+from minisr.inference import Upscaler
 from minisr.models import SRCNN
 
 
@@ -67,7 +67,7 @@ def main(argv=None) -> int:
         model.train()
         return psnr
 
-    bicubic = evaluate(BicubicUpscaler(scale), val, scale)["mean"]["psnr"]
+    bicubic = evaluate(bicubic_upscaler(scale), val, scale)["mean"]["psnr"]
     losses, curve, step, epoch = [], [(0, validate())], 0, 0
     t0 = time.perf_counter()
     while step < args.steps and time.perf_counter() - t0 < args.budget:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from _common import bicubic_psnr, default_data, out_dir, parser, patches, psnr, smooth, train
+from _common import bicubic_psnr, default_data, out_dir, parser, patches, psnr, save_figure, smooth, train
 
 import minisr
 from minisr.models import VDSR
@@ -77,11 +77,8 @@ def main(argv=None) -> int:
     c.set(xlabel="depth (conv layers)", ylabel="PSNR (dB, Y)", title="validation PSNR after the budget",
           xticks=[r["depth"] for r in rows])
     c.legend()
-    fig.suptitle(f"VDSR depth study, x{args.scale}, {args.features} features, {args.steps} steps per depth"
-                 + (" (tiny run)" if args.tiny else ""))
-    fig.tight_layout()
-    fig.savefig(png, dpi=100)
-    print(f"wrote {png}")
+    save_figure(fig, png, f"VDSR depth study, x{args.scale}, {args.features} features, {args.steps} steps "
+                       "per depth", args.tiny)
     return 0
 
 

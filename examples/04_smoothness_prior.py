@@ -15,7 +15,7 @@ against bicubic, and the PNG a crop of the cat's face from each model.
 from __future__ import annotations
 
 import numpy as np
-from _common import bicubic_psnr, default_data, out_dir, parser, patches, psnr, smooth, train, upscaler
+from _common import bicubic_psnr, default_data, out_dir, parser, patches, psnr, save_figure, smooth, train, upscaler
 
 import minisr
 from minisr.data import as_benchmark, imresize
@@ -81,11 +81,7 @@ def main(argv=None) -> int:
         curves.plot(np.arange(1, len(r["mses"]) + 1), smooth(r["mses"]), label=f"{r['name']}: MSE part")
     curves.set(xlabel="step", ylabel="MSE (running mean of 10)", yscale="log")
     curves.legend(fontsize=8)
-    fig.suptitle(f"SRCNN x{args.scale}: plain MSE against MSE + lambda * smoothness"
-                 + (" (tiny run)" if args.tiny else ""))
-    fig.tight_layout()
-    fig.savefig(png, dpi=100)
-    print(f"wrote {png}")
+    save_figure(fig, png, f"SRCNN x{args.scale}: plain MSE against MSE + lambda * smoothness", args.tiny)
     return 0
 
 

@@ -13,7 +13,7 @@ dE/d(output) of every conv layer, in forward order, shows how much gradient reac
 from __future__ import annotations
 
 import numpy as np
-from _common import bicubic_psnr, default_data, out_dir, parser, patches, psnr, smooth, train
+from _common import bicubic_psnr, default_data, out_dir, parser, patches, psnr, save_figure, smooth, train
 
 import minisr
 from minisr import Tensor, autograd
@@ -96,11 +96,7 @@ def main(argv=None) -> int:
             if r[when] is not None:
                 r[when].plot(ax=ax, label=r["name"], param=True)
         ax.set_title(f"gradient norm per conv layer, {when} training", fontsize=10)
-    tiny = " (tiny run)" if args.tiny else ""
-    fig.suptitle(f"VDSR-{args.depth} x{args.scale}: global residual against plain{tiny}")
-    fig.tight_layout()
-    fig.savefig(png, dpi=100)
-    print(f"wrote {png}")
+    save_figure(fig, png, f"VDSR-{args.depth} x{args.scale}: global residual against plain", args.tiny)
     return 0
 
 

@@ -15,8 +15,8 @@ import numpy as np
 from minisr import Tensor, optim
 from minisr import functional as F
 from minisr.data import DEFAULT_VALIDATION, PatchDataset, default_split
-from minisr.eval import evaluate
-from minisr.inference import BicubicUpscaler, Upscaler
+from minisr.eval import bicubic_upscaler, evaluate
+from minisr.inference import Upscaler
 
 EXAMPLES = Path(__file__).resolve().parent
 
@@ -113,7 +113,15 @@ def psnr(model, val, scale: int) -> float:
 
 
 def bicubic_psnr(val, scale: int) -> float:
-    return evaluate(BicubicUpscaler(scale), val, scale)["mean"]["psnr"]
+    return evaluate(bicubic_upscaler(scale), val, scale)["mean"]["psnr"]
+
+
+def save_figure(fig, png, title: str, tiny: bool) -> None:
+    """Title (marked when it is a tiny run), lay out, write the PNG and say where."""
+    fig.suptitle(title + (" (tiny run)" if tiny else ""))
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    print(f"wrote {png}")
 
 
 def smooth(values, k: int = 10):

@@ -116,21 +116,12 @@ class Upscaler:
         return round_uint8(out)
 
 
-class BicubicUpscaler:
-    """MATLAB bicubic, uint8 in and out: the baseline every table starts with."""
-
-    def __init__(self, scale: int):
-        self.scale = int(scale)
-        self.meta = {"name": "bicubic"}
-
-    def __call__(self, lr):
-        return imresize(np.asarray(lr), self.scale)
-
-
 def make_upscaler(spec: str, scale: int, device: str = "cpu", tile: int = 192):
     """An upscaler for ``"bicubic"``, a checkpoint path, or a shipped model name (e.g. ``"srcnn-x3"``)."""
     if spec == "bicubic":
-        return BicubicUpscaler(scale)
+        from .eval import bicubic_upscaler
+
+        return bicubic_upscaler(scale)
     from .models import load
 
     model, meta = load(spec, device=device)

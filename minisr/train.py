@@ -485,10 +485,9 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    from .eval import evaluate
-    from .inference import BicubicUpscaler
+    from .eval import bicubic_upscaler, evaluate
 
-    trainer.bicubic_psnr = evaluate(BicubicUpscaler(cfg.scale), trainer.val, cfg.scale,
+    trainer.bicubic_psnr = evaluate(bicubic_upscaler(cfg.scale), trainer.val, cfg.scale,
                                     data_root=cfg.data_root)["mean"]["psnr"]
     n_params = trainer.model.num_parameters()
     print(f"training {cfg.model} x{cfg.scale} ({n_params:,} parameters) on {cfg.data}: "

@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .data import IMAGE_EXTENSIONS, ImageReadError, imresize, list_images, read_image, write_image
-from .inference import BicubicUpscaler, Upscaler, make_upscaler  # noqa: F401  (re-exported for minisr.eval)
+from .inference import make_upscaler  # (minisr.eval imports it from here)
 from .metrics import psnr
 
 
