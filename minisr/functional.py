@@ -72,6 +72,9 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padd
         dE/db[o]          = sum_{n, i, j} g[n, o, i, j]
         dE/dx             = col2im(W2^T @ g[n])
                           (col2im is the adjoint of im2col; the padding is cut off)
+
+    The kernels (numpy_backend.conv_forward, conv_weight_grad, conv_input_grad) make the columns again in
+    the backward pass rather than keep them: only x is kept, as in PyTorch.
     """
     x, weight = _tensor(x, "conv2d input"), _tensor(weight, "conv2d weight")
     _check_ndim(x, 4, "conv2d input", "(N, C, H, W)")
@@ -101,8 +104,8 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padd
     be = backend_for(x.data, weight.data)
     Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
     w2 = weight.data.reshape(O, C * kh * kw)
-    cols = be.im2col(x.data, kh, kw, sh, sw, ph, pw)  # (N, K, P)
-    out = be.conv_gemm(w2, cols)  # (N, O, P)
+    geometry = (kh, kw, sh, sw, ph, pw)
+    out = be.conv_forward(x.data, w2, *geometry)  # W2 @ im2col(x)[n]: (N, O, P)
     if bias is not None:
         be.bias_add(out, bias.data)
     out = out.reshape(N, O, Ho, Wo)
@@ -111,9 +114,9 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padd
         g = g.reshape(N, O, Ho * Wo)
         dx = dw = db = None
         if x.requires_grad:
-            dx = be.col2im(be.conv_gemm_input_grad(w2, g), x.shape, kh, kw, sh, sw, ph, pw)
+            dx = be.conv_input_grad(w2, g, x.shape, *geometry)  # col2im(W2^T @ g[n])
         if weight.requires_grad:
-            dw = be.conv_gemm_weight_grad(g, cols).reshape(weight.shape)
+            dw = be.conv_weight_grad(g, x.data, *geometry).reshape(weight.shape)  # sum_n g[n] @ im2col(x)[n]^T
         if bias is not None and bias.requires_grad:
             db = be.bias_grad(g)
         return (dx, dw, db)[:len(parents)]

@@ -50,9 +50,9 @@ def _conv_args(kernel, case, rng, dt):
     return {
         "im2col": lambda: (r(N, C, H, W), kh, kw, sh, sw, ph, pw),
         "col2im": lambda: (r(N, K, P), (N, C, H, W), kh, kw, sh, sw, ph, pw),
-        "conv_gemm": lambda: (r(OUT_CH, K), r(N, K, P)),
-        "conv_gemm_weight_grad": lambda: (r(N, OUT_CH, P), r(N, K, P)),
-        "conv_gemm_input_grad": lambda: (r(OUT_CH, K), r(N, OUT_CH, P)),
+        "conv_forward": lambda: (r(N, C, H, W), r(OUT_CH, K), kh, kw, sh, sw, ph, pw),
+        "conv_weight_grad": lambda: (r(N, OUT_CH, P), r(N, C, H, W), kh, kw, sh, sw, ph, pw),
+        "conv_input_grad": lambda: (r(OUT_CH, K), r(N, OUT_CH, P), (N, C, H, W), kh, kw, sh, sw, ph, pw),
         "bias_add": lambda: (r(N, OUT_CH, Ho, Wo), r(OUT_CH)),
         "bias_grad": lambda: (r(N, OUT_CH, Ho, Wo),),
     }[kernel]()
@@ -100,7 +100,7 @@ ADAM_SETTINGS = [  # step, lr, beta1, beta2, eps, weight_decay
 def _cases():
     """(kernel, case id, args builder(rng, dtype), indices of arguments modified in place)."""
     out = []
-    conv_kernels = ["im2col", "col2im", "conv_gemm", "conv_gemm_weight_grad", "conv_gemm_input_grad",
+    conv_kernels = ["im2col", "col2im", "conv_forward", "conv_weight_grad", "conv_input_grad",
                     "bias_add", "bias_grad"]
     for k in conv_kernels:
         for ci, case in enumerate(CONV):
@@ -181,26 +181,55 @@ def test_kernel_matches_numpy(backend, dt, kernel, case_id, build, inplace):
 
 
 @pytest.mark.skipif("numba" not in OTHERS, reason="numba backend not importable")
-@pytest.mark.parametrize("N", [2, 3, 7])
-def test_numba_batch_parallel_gemms(N):
-    """The numba GEMMs split the images over worker threads with single-threaded BLAS; uneven shares too."""
-    import numba
-
+@pytest.mark.parametrize("N", [1, 2, 3, 7])
+@pytest.mark.parametrize("band_bytes", [1 << 22, 1])
+def test_numba_conv_gemms_over_threads_and_bands(N, band_bytes, monkeypatch):
+    """The numba conv GEMMs split the images (and, for few or big images, bands of output rows) over worker
+    threads with single-threaded BLAS; every split gives the reference's result, and NumPy's BLAS thread count
+    is given back."""
     nbe = get_backend("numba")
-    if nbe._set_blas_threads is None or numba.get_num_threads() < 2:
-        pytest.skip("needs OpenBLAS's openblas_set_num_threads_local and >= 2 threads")
-    blas_threads = nbe._set_blas_threads(1)  # (read the current count)
-    nbe._set_blas_threads(blas_threads)
+    monkeypatch.setattr(nbe, "_BAND_BYTES", band_bytes)  # 1: one output row per band
+    if nbe._set_blas_threads is not None:
+        blas_threads = nbe._set_blas_threads(1)  # (read the current count)
+        nbe._set_blas_threads(blas_threads)
     rng = np.random.default_rng(N)
-    w2, cols, g = rng.standard_normal((5, 12)), rng.standard_normal((N, 12, 30)), rng.standard_normal((N, 5, 30))
-    calls = []
-    assert nbe._over_images(N, lambda t, n0, n1: calls.append((n0, n1)))
-    T = min(numba.get_num_threads(), N)
-    assert sorted(calls) == [(N * t // T, N * (t + 1) // T) for t in range(T)]  # every image once
-    np.testing.assert_allclose(nbe.conv_gemm(w2, cols), ref.conv_gemm(w2, cols), rtol=1e-13)
-    np.testing.assert_allclose(nbe.conv_gemm_weight_grad(g, cols), ref.conv_gemm_weight_grad(g, cols), rtol=1e-12)
-    np.testing.assert_allclose(nbe.conv_gemm_input_grad(w2, g), ref.conv_gemm_input_grad(w2, g), rtol=1e-13)
-    assert nbe._set_blas_threads(blas_threads) == blas_threads  # NumPy's own BLAS threads were given back
+    geometry = (3, 3, 1, 2, 1, 0)  # kh, kw, sh, sw, ph, pw
+    x, w2 = rng.standard_normal((N, 4, 9, 8)), rng.standard_normal((5, 36))
+    g = rng.standard_normal((N, 5, 9 * 3))
+    bands = nbe._bands(N, 9, 36 * 3 * 8)
+    assert sorted((n, i) for n, i0, i1 in bands for i in range(i0, i1)) == [(n, i) for n in range(N) for i in range(9)]
+    np.testing.assert_allclose(nbe.conv_forward(x, w2, *geometry), ref.conv_forward(x, w2, *geometry), rtol=1e-12,
+                               atol=1e-12)
+    np.testing.assert_allclose(nbe.conv_weight_grad(g, x, *geometry), ref.conv_weight_grad(g, x, *geometry),
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(nbe.conv_input_grad(w2, g, x.shape, *geometry),
+                               ref.conv_input_grad(w2, g, x.shape, *geometry), rtol=1e-12, atol=1e-12)
+    if nbe._set_blas_threads is not None:
+        assert nbe._set_blas_threads(blas_threads) == blas_threads
+
+
+@pytest.mark.skipif("numba" not in OTHERS, reason="numba backend not importable")
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("case", [c for c in CONV if c[2] == (1, 1)] + [((2, 8, 7, 9), (3, 3), (1, 1), (1, 1))],
+                         ids=lambda c: f"{c[0]}k{c[1]}p{c[3]}")
+def test_numba_shifted_gemm_convs(case, dt, monkeypatch):
+    """Stride-1 convs with enough channels run as shifted GEMMs straight on the padded input (no im2col);
+    forced onto every stride-1 geometry here, they must give the reference's output and both gradients."""
+    nbe = get_backend("numba")
+    if nbe._cblas is None:
+        pytest.skip("no CBLAS found in NumPy's OpenBLAS")
+    monkeypatch.setattr(nbe, "_SHIFTED_MIN_CHANNELS", 1)
+    N, C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo = _geometry(case)
+    rng = np.random.default_rng(7)
+    x, w2 = rng.standard_normal((N, C, H, W)).astype(dt), rng.standard_normal((5, C * kh * kw)).astype(dt)
+    g = rng.standard_normal((N, 5, Ho * Wo)).astype(dt)
+    geometry = (kh, kw, sh, sw, ph, pw)
+    assert nbe._shifted(x, C, sh, sw)
+    for got, want in [(nbe.conv_forward(x, w2, *geometry), ref.conv_forward(x, w2, *geometry)),
+                      (nbe.conv_weight_grad(g, x, *geometry), ref.conv_weight_grad(g, x, *geometry)),
+                      (nbe.conv_input_grad(w2, g, x.shape, *geometry), ref.conv_input_grad(w2, g, x.shape, *geometry))]:
+        assert got.shape == want.shape and got.dtype == want.dtype
+        _assert_close(got, want, dt, "shifted conv")
 
 
 @pytest.mark.skipif("numba" not in OTHERS, reason="numba backend not importable")

@@ -30,7 +30,7 @@ import numpy as np
 
 #: The kernels every backend implements (see numpy_backend for the contracts).
 KERNELS = (
-    "im2col", "col2im", "conv_gemm", "conv_gemm_weight_grad", "conv_gemm_input_grad",
+    "im2col", "col2im", "conv_forward", "conv_weight_grad", "conv_input_grad",
     "bias_add", "bias_grad",
     "relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_backward",
     "pixel_shuffle_forward", "pixel_shuffle_backward",

@@ -14,16 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from ..device import import_cupy
-from .numpy_backend import conv_gemm, conv_gemm_input_grad, out_size  # cuBLAS through cupy.matmul
+from .numpy_backend import out_size
 
 cp = import_cupy()
 
 NAME = "cupy"
 THREADS = 256
 MAX_BLOCKS = 65535 * 16  # grid-stride loops cover the rest
-
-__all__ = ["conv_gemm", "conv_gemm_input_grad"]
-
 
 def kernel_dir() -> Path:
     """Where the .cu sources are: inside the installed package (wheel), else the repository's ``kernels/``."""
@@ -78,9 +75,19 @@ def col2im(cols, x_shape, kh, kw, sh, sw, ph, pw):
     return dx
 
 
-def conv_gemm_weight_grad(g, cols):
+# ------------------------------------------------------------------------------------------------------ conv GEMMs
+# The reference's compositions, with the CUDA im2col/col2im above and cuBLAS GEMMs (cupy.matmul).
+def conv_forward(x, w2, kh, kw, sh, sw, ph, pw):
+    return cp.matmul(w2, im2col(x, kh, kw, sh, sw, ph, pw))
+
+
+def conv_weight_grad(g, x, kh, kw, sh, sw, ph, pw):
     """sum_n g[n] @ cols[n]^T as one cuBLAS GEMM over the batch-and-position axis."""
-    return cp.tensordot(g, cols, axes=([0, 2], [0, 2]))
+    return cp.tensordot(g, im2col(x, kh, kw, sh, sw, ph, pw), axes=([0, 2], [0, 2]))
+
+
+def conv_input_grad(w2, g, x_shape, kh, kw, sh, sw, ph, pw):
+    return col2im(cp.matmul(w2.T, g), x_shape, kh, kw, sh, sw, ph, pw)
 
 
 # ---------------------------------------------------------------------------------------------------------- bias

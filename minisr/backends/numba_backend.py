@@ -1,7 +1,8 @@
 """Numba CPU kernels: the same signatures as :mod:`numpy_backend`, as parallel loops (``prange``) compiled
-once and cached on disk (``cache=True``). The GEMMs are NumPy's BLAS, run image by image on worker threads
-(see "GEMMs" below), and the big conv arrays come from a workspace cache (see "workspace"; ``empty_cache()``
-releases it). Set ``NUMBA_DISABLE_JIT=1`` to step through a kernel as plain Python.
+once and cached on disk (``cache=True``). The conv GEMMs are NumPy's BLAS, run image by image (or band by band)
+on worker threads, each making its own im2col columns just before its GEMM (see "conv GEMMs" below), and big
+arrays come from a workspace cache (see "workspace"; ``empty_cache()`` releases it). Set
+``NUMBA_DISABLE_JIT=1`` to step through a kernel as plain Python.
 
 Layout and parallelism: every loop nest is parallel over its outermost independent axis (images x channels
 for im2col/col2im, flat elements for elementwise kernels), so no two threads write the same element: col2im
@@ -104,15 +105,110 @@ def empty_cache() -> int:
         return sum(e[0].nbytes for e in idle)
 
 
-# ------------------------------------------------------------------------------------------------------ GEMMs
-# The conv GEMMs are batches of independent products, one per image: conv_gemm out[n] = w2 @ cols[n], and so
-# on. NumPy's matmul runs them one after the other, each split over OpenBLAS's threads, which synchronise many
-# times inside every product (and stall badly when another process takes a core). Here each of T worker
-# threads (T = numba.get_num_threads()) takes a contiguous share of the images and multiplies them with a
-# single-threaded BLAS. OpenBLAS's thread count is process-wide in the builds NumPy ships (its
-# ``openblas_set_num_threads_local`` sets it and returns the old value), so it is 1 only while the workers run
-# and restored at once. Without that function (another BLAS), or for a single image, the products are
-# NumPy's matmul, as in the reference.
+# ------------------------------------------------------------------------------------------------ im2col / col2im
+# One channel plane at a time, for output rows [i0, i1): the batch kernels run these over (n, c) in parallel,
+# the conv kernels below over the channels of one image (or one band of its rows) on a worker thread.
+# (The bounds tests stay inside the inner loops on purpose: with w known to be >= 0 there, LLVM drops the
+# negative-index handling and vectorises the loop; precomputing the valid range of j was measured 5x slower.)
+@njit(nogil=True, cache=True)
+def _im2col_plane(xc, kh, kw, sh, sw, ph, pw, i0, i1, Wo, cols):
+    # cols[u*kw + v, (i - i0)*Wo + j] = xc[i*sh - ph + u, j*sw - pw + v], 0 outside the image
+    H, W = xc.shape
+    for u in range(kh):
+        for v in range(kw):
+            row = u * kw + v
+            for i in range(i0, i1):
+                h = i * sh - ph + u
+                base = (i - i0) * Wo
+                if h < 0 or h >= H:
+                    for j in range(Wo):
+                        cols[row, base + j] = 0
+                    continue
+                for j in range(Wo):
+                    w = j * sw - pw + v
+                    cols[row, base + j] = xc[h, w] if 0 <= w < W else 0
+
+
+@njit(nogil=True, cache=True)
+def _col2im_plane(cols, kh, kw, sh, sw, ph, pw, i0, i1, Wo, dxc):
+    # dxc[h, w] += cols[u*kw + v, (i - i0)*Wo + j] for every i*sh - ph + u = h, j*sw - pw + v = w, i0 <= i < i1
+    H, W = dxc.shape
+    for u in range(kh):
+        for v in range(kw):
+            row = u * kw + v
+            for i in range(i0, i1):
+                h = i * sh - ph + u
+                if h < 0 or h >= H:
+                    continue
+                base = (i - i0) * Wo
+                for j in range(Wo):
+                    w = j * sw - pw + v
+                    if 0 <= w < W:
+                        dxc[h, w] += cols[row, base + j]
+
+
+@njit(**_jit)
+def _im2col(x, kh, kw, sh, sw, ph, pw, Ho, Wo, cols):
+    N, C = x.shape[:2]
+    kk = kh * kw
+    for nc in prange(N * C):
+        n, c = nc // C, nc % C
+        _im2col_plane(x[n, c], kh, kw, sh, sw, ph, pw, 0, Ho, Wo, cols[n, c * kk:(c + 1) * kk])
+
+
+def im2col(x, kh, kw, sh, sw, ph, pw):
+    N, C, H, W = x.shape
+    Ho, Wo = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
+    cols = _empty((N, C * kh * kw, Ho * Wo), x.dtype)
+    _im2col(_c(x), kh, kw, sh, sw, ph, pw, Ho, Wo, cols)
+    return cols
+
+
+@njit(**_jit)
+def _col2im(cols, kh, kw, sh, sw, ph, pw, Ho, Wo, dx):
+    # One thread owns one (n, c) plane of dx, so the += never races.
+    N, C = dx.shape[:2]
+    kk = kh * kw
+    for nc in prange(N * C):
+        n, c = nc // C, nc % C
+        dx[n, c] = 0
+        _col2im_plane(cols[n, c * kk:(c + 1) * kk], kh, kw, sh, sw, ph, pw, 0, Ho, Wo, dx[n, c])
+
+
+def col2im(cols, x_shape, kh, kw, sh, sw, ph, pw):
+    N, C, H, W = x_shape
+    Ho, Wo = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
+    dx = _empty((N, C, H, W), cols.dtype)
+    _col2im(_c(cols).reshape(N, C * kh * kw, Ho * Wo), kh, kw, sh, sw, ph, pw, Ho, Wo, dx)
+    return dx
+
+
+@njit(nogil=True, cache=True)
+def _im2col_image(x, kh, kw, sh, sw, ph, pw, i0, i1, Wo, cols):
+    kk = kh * kw
+    for c in range(x.shape[0]):
+        _im2col_plane(x[c], kh, kw, sh, sw, ph, pw, i0, i1, Wo, cols[c * kk:(c + 1) * kk])
+
+
+@njit(nogil=True, cache=True)
+def _col2im_image(cols, kh, kw, sh, sw, ph, pw, i0, i1, Wo, dx):
+    kk = kh * kw
+    for c in range(dx.shape[0]):
+        _col2im_plane(cols[c * kk:(c + 1) * kk], kh, kw, sh, sw, ph, pw, i0, i1, Wo, dx[c])
+
+
+# ------------------------------------------------------------------------------------------------ conv GEMMs
+# The reference makes the columns of the whole batch (60-90 MB for a batch of 16 in the benchmark), then runs
+# the GEMMs: every column is written to memory and read back. Here each of T worker threads
+# (T = numba.get_num_threads()) takes a contiguous share of "bands" -- one image, or a band of output rows of
+# one image when the batch is smaller than T or the image is large -- and for each band makes its columns in a
+# buffer of its own (a few MB, still in cache when the GEMM reads it) and multiplies them with a
+# single-threaded BLAS. No batch-sized column array exists, forward or backward.
+#
+# OpenBLAS's thread count is process-wide in the builds NumPy ships (its ``openblas_set_num_threads_local``
+# sets it and returns the old value), so it is 1 only while the workers run and restored at once. Without that
+# function (another BLAS), or with one thread, the bands run one after the other on the calling thread and
+# each GEMM uses the BLAS's own threads.
 def _find_blas_thread_setter():
     here = os.path.dirname(np.__file__)
     for pattern in ("../numpy.libs/*openblas*", ".dylibs/*openblas*"):
@@ -129,6 +225,8 @@ def _find_blas_thread_setter():
 _set_blas_threads = _find_blas_thread_setter()
 _pool, _pool_pid, _pool_lock = None, None, threading.Lock()
 _batch_lock = threading.Lock()
+_BAND_BYTES = 4 << 20  # the most one band's columns take (a band is at least one output row)
+_buffers: dict = {}  # (thread, name) -> the thread's scratch array, grown on demand
 
 
 def _gemm_pool():
@@ -141,16 +239,50 @@ def _gemm_pool():
         return _pool
 
 
-def _over_images(N, work):
-    """Run work(t, n0, n1) on shares [n0, n1) of range(N), one per thread t; False when not worth it."""
-    T = min(numba.get_num_threads(), N)
-    if _set_blas_threads is None or T < 2:
-        return False
-    bounds = [N * t // T for t in range(T + 1)]
+def _threads() -> int:
+    return numba.get_num_threads() if _set_blas_threads is not None else 1
+
+
+def _scratch(t, name, shape, dtype):
+    """Thread t's scratch array of this shape, reusing (a prefix of) its last buffer of that name."""
+    size = int(np.prod(shape))
+    buf = _buffers.get((t, name))
+    if buf is None or buf.dtype != dtype or buf.size < size:
+        buf = _buffers[(t, name)] = np.empty(size, dtype)
+    return buf[:size].reshape(shape)
+
+
+def _bands(N, Ho, row_bytes, whole_images=False):
+    """[(n, i0, i1)]: output rows [i0, i1) of image n, at most _BAND_BYTES of columns each, and enough bands
+    to keep every thread busy (unless whole_images: then one thread owns all the bands of an image)."""
+    T = _threads()
+    rows = max(1, min(Ho, _BAND_BYTES // max(row_bytes, 1)))
+    if N < T and not whole_images:
+        rows = min(rows, -(-Ho // -(-T // N)))
+    return [(n, i0, min(i0 + rows, Ho)) for n in range(N) for i0 in range(0, Ho, rows)]
+
+
+def _run(bands, work, whole_images=False):
+    """work(t, bands share) on T threads with single-threaded BLAS; shares are contiguous (whole images when
+    whole_images)."""
+    T = min(_threads(), len(bands))
+    if whole_images:
+        T = min(T, bands[-1][0] + 1)
+    if T < 2:
+        with _batch_lock:  # (the scratch buffers of thread 0)
+            work(0, bands)
+        return
+    if whole_images:  # split by image
+        N = bands[-1][0] + 1
+        cut = [N * t // T for t in range(T + 1)]
+        shares = [[b for b in bands if cut[t] <= b[0] < cut[t + 1]] for t in range(T)]
+    else:
+        cut = [len(bands) * t // T for t in range(T + 1)]
+        shares = [bands[cut[t]:cut[t + 1]] for t in range(T)]
 
     def share(t):
         _set_blas_threads(1)  # (in case a future OpenBLAS makes the setting really thread-local)
-        work(t, bounds[t], bounds[t + 1])
+        work(t, shares[t])
 
     with _batch_lock:  # one batch at a time: the BLAS thread count is shared
         before = _set_blas_threads(1)
@@ -159,106 +291,224 @@ def _over_images(N, work):
                 f.result()
         finally:
             _set_blas_threads(before)
-    return True
 
 
-def conv_gemm(w2, cols):
-    out = _empty((cols.shape[0], w2.shape[0], cols.shape[2]), cols.dtype)
+# Shifted GEMMs (stride 1, enough channels): no columns at all. With y the input zero-padded to Hp x Wp and
+# flattened per channel, output row i's window (u, v) starts at y[c, (i + u)*Wp + v], so for every shift (u, v)
+#     full[n, :, i*Wp + j] += w[:, :, u, v] @ y[n, :, (i + u)*Wp + v + j]      (O x C) @ (C x rows*Wp)
+# is ONE GEMM over the whole image with its B operand read in place (leading dimension = the padded plane).
+# Each output row then has Wp - Wo junk columns (windows that wrap into the next row), cut off afterwards
+# (and zero in the padded gradient, so the backward GEMMs ignore them). The GEMMs call the CBLAS inside
+# NumPy's OpenBLAS directly (ctypes), which takes leading dimensions and accumulates (beta = 1).
+_SHIFTED_MIN_CHANNELS = 8  # below this the GEMMs' inner dimension (C) is too short to pay
 
-    def work(t, n0, n1):
-        np.matmul(w2, cols[n0:n1], out=out[n0:n1])
 
-    if not _over_images(cols.shape[0], work):
-        np.matmul(w2, cols, out=out)
+def _find_cblas():
+    here = os.path.dirname(np.__file__)
+    for pattern in ("../numpy.libs/*openblas*", ".dylibs/*openblas*"):
+        for path in glob.glob(os.path.join(here, pattern)):
+            for prefix, suffix, integer in (("scipy_cblas_", "64_", ctypes.c_int64), ("cblas_", "64_", ctypes.c_int64),
+                                            ("cblas_", "", ctypes.c_int)):
+                try:
+                    lib = ctypes.CDLL(path)
+                    fns = {np.dtype(np.float32): (getattr(lib, f"{prefix}sgemm{suffix}"), ctypes.c_float),
+                           np.dtype(np.float64): (getattr(lib, f"{prefix}dgemm{suffix}"), ctypes.c_double)}
+                except (OSError, AttributeError):
+                    continue
+                for fn, real in fns.values():
+                    fn.restype = None
+                    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, integer, integer, integer, real,
+                                   ctypes.c_void_p, integer, ctypes.c_void_p, integer, real, ctypes.c_void_p, integer]
+                return {dt: fn for dt, (fn, _) in fns.items()}
+    return None
+
+
+_cblas = _find_cblas()
+_ROW, _N, _T = 101, 111, 112  # CblasRowMajor, CblasNoTrans, CblasTrans
+
+
+def _shifted(x, C, sh, sw):
+    return _cblas is not None and sh == 1 and sw == 1 and C >= _SHIFTED_MIN_CHANNELS and x.dtype in _cblas
+
+
+@njit(**_jit)
+def _embed(x, top, left, Wp, out):
+    # out[n, c, (h + top)*Wp + w + left] = x[n, c, h, w]; 0 everywhere else (the padding and any slack)
+    N, C, H, W = x.shape
+    for nc in prange(N * C):
+        n, c = nc // C, nc % C
+        out[n, c] = 0
+        for h in range(H):
+            base = (h + top) * Wp + left
+            for w in range(W):
+                out[n, c, base + w] = x[n, c, h, w]
+
+
+@njit(**_jit)
+def _extract(full, top, left, Wp, out):
+    # out[n, c, h, w] = full[n, c, (h + top)*Wp + w + left]
+    N, C, H, W = out.shape
+    for nc in prange(N * C):
+        n, c = nc // C, nc % C
+        for h in range(H):
+            base = (h + top) * Wp + left
+            for w in range(W):
+                out[n, c, h, w] = full[n, c, base + w]
+
+
+def _padded(x, kh, kw, ph, pw):
+    """x zero-padded and flattened per channel: (N, C, Hp*Wp + kw - 1) (the slack: the last shift's reads)."""
+    N, C, H, W = x.shape
+    Hp, Wp = H + 2 * ph, W + 2 * pw
+    y = _empty((N, C, Hp * Wp + kw - 1), x.dtype)
+    _embed(x, ph, pw, Wp, y)
+    return y
+
+
+def _conv_forward_shifted(x, w2, kh, kw, ph, pw):
+    N, C, H, W = x.shape
+    O, it = w2.shape[0], x.itemsize
+    Wp, Ho = W + 2 * pw, H + 2 * ph - kh + 1
+    y, L = _padded(x, kh, kw, ph, pw), (H + 2 * ph) * Wp + kw - 1
+    ws = np.ascontiguousarray(w2.reshape(O, C, kh, kw).transpose(2, 3, 0, 1))  # (kh, kw, O, C)
+    full = _empty((N, O, Ho * Wp), x.dtype)
+    gemm, ya, wa, fa = _cblas[x.dtype], y.ctypes.data, ws.ctypes.data, full.ctypes.data
+
+    def work(t, share):
+        for n, i0, i1 in share:
+            for u in range(kh):
+                for v in range(kw):
+                    gemm(_ROW, _N, _N, O, (i1 - i0) * Wp, C, 1.0, wa + (u * kw + v) * O * C * it, C,
+                         ya + (n * C * L + (i0 + u) * Wp + v) * it, L, 1.0 if u or v else 0.0,
+                         fa + (n * O * Ho + i0) * Wp * it, Ho * Wp)
+
+    _run(_bands(N, Ho, (C + O) * Wp * it), work)
+    out = _empty((N, O, Ho * (W + 2 * pw - kw + 1)), x.dtype)
+    _extract(full.reshape(N, O, Ho * Wp), 0, 0, Wp, out.reshape(N, O, Ho, -1))
     return out
 
 
-def conv_gemm_weight_grad(g, cols):
-    parts = [None] * g.shape[0]
+def _padded_grad(g, Ho, Wo, Wp):
+    """g (N, O, Ho*Wo) on the padded-width grid (N, O, Ho*Wp), 0 in the junk columns."""
+    N, O = g.shape[:2]
+    gf = _empty((N, O, Ho * Wp), g.dtype)
+    _embed(_c(g).reshape(N, O, Ho, Wo), 0, 0, Wp, gf)
+    return gf
 
-    def work(t, n0, n1):
-        parts[t] = np.matmul(g[n0:n1], cols[n0:n1].transpose(0, 2, 1)).sum(axis=0)
 
-    if not _over_images(g.shape[0], work):
-        return _reference.conv_gemm_weight_grad(g, cols)
-    parts = [p for p in parts if p is not None]
-    dw = parts[0]
-    for p in parts[1:]:
+def _conv_weight_grad_shifted(g, x, kh, kw, ph, pw):
+    N, C, H, W = x.shape
+    O, it = g.shape[1], x.itemsize
+    Wp, Ho = W + 2 * pw, H + 2 * ph - kh + 1
+    Wo = Wp - kw + 1
+    y, L = _padded(x, kh, kw, ph, pw), (H + 2 * ph) * Wp + kw - 1
+    g4 = _c(g).reshape(N, O, Ho, Wo)
+    gemm, ya = _cblas[x.dtype], y.ctypes.data
+    parts = {}
+
+    def work(t, share):
+        acc = parts[t] = np.zeros((kh, kw, C, O), x.dtype)  # dw transposed: (C, O) per shift
+        aa = acc.ctypes.data
+        for n, i0, i1 in share:
+            # g of these rows, transposed to (positions, O) on the padded-width grid (0 in the junk columns):
+            # then every GEMM below is a plain NN product, which OpenBLAS runs ~25% faster than the NT one.
+            gt = _scratch(t, "gt", (i1 - i0, Wp, O), x.dtype)
+            gt[:, Wo:] = 0
+            gt[:, :Wo] = g4[n, :, i0:i1].transpose(1, 2, 0)
+            for u in range(kh):
+                for v in range(kw):  # dw[:, :, u, v]^T += y[n, :, shifted] @ g_full[n]^T
+                    gemm(_ROW, _N, _N, C, O, (i1 - i0) * Wp, 1.0, ya + (n * C * L + (i0 + u) * Wp + v) * it, L,
+                         gt.ctypes.data, O, 1.0, aa + (u * kw + v) * C * O * it, O)
+
+    _run(_bands(N, Ho, (C + O) * Wp * it), work)
+    dw = parts.pop(0)
+    for p in parts.values():
+        dw += p
+    return np.ascontiguousarray(dw.transpose(3, 2, 0, 1)).reshape(O, C * kh * kw)
+
+
+def _conv_input_grad_shifted(w2, g, x_shape, kh, kw, ph, pw):
+    N, C, H, W = x_shape
+    O, it = w2.shape[0], g.itemsize
+    Wp, Ho = W + 2 * pw, H + 2 * ph - kh + 1
+    L = (H + 2 * ph) * Wp + kw - 1
+    ws = np.ascontiguousarray(w2.reshape(O, C, kh, kw).transpose(2, 3, 0, 1))  # (kh, kw, O, C)
+    gf = _padded_grad(g, Ho, Wp - kw + 1, Wp)
+    dy = _empty((N, C, L), g.dtype)  # the gradient of the padded input
+    gemm, wa, ga, da = _cblas[g.dtype], ws.ctypes.data, gf.ctypes.data, dy.ctypes.data
+
+    def work(t, share):
+        for n, _, _ in share:  # dy[n, :, shifted] += w[:, :, u, v]^T @ g_full[n]
+            dy[n] = 0
+            for u in range(kh):
+                for v in range(kw):
+                    gemm(_ROW, _T, _N, C, Ho * Wp, O, 1.0, wa + (u * kw + v) * O * C * it, C,
+                         ga + n * O * Ho * Wp * it, Ho * Wp, 1.0, da + (n * C * L + u * Wp + v) * it, L)
+
+    _run([(n, 0, Ho) for n in range(N)], work)
+    dx = _empty((N, C, H, W), g.dtype)
+    _extract(dy, ph, pw, Wp, dx)
+    return dx
+
+
+def conv_forward(x, w2, kh, kw, sh, sw, ph, pw):
+    x, w2 = _c(x), _c(w2)
+    N, C, H, W = x.shape
+    if _shifted(x, C, sh, sw):
+        return _conv_forward_shifted(x, w2, kh, kw, ph, pw)
+    (O, K), Ho, Wo = w2.shape, out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
+    out = _empty((N, O, Ho * Wo), x.dtype)
+
+    def work(t, share):
+        for n, i0, i1 in share:
+            cols = _scratch(t, "cols", (K, (i1 - i0) * Wo), x.dtype)
+            _im2col_image(x[n], kh, kw, sh, sw, ph, pw, i0, i1, Wo, cols)
+            np.matmul(w2, cols, out=out[n, :, i0 * Wo:i1 * Wo])  # (a strided view: BLAS writes it directly)
+
+    _run(_bands(N, Ho, K * Wo * x.itemsize), work)
+    return out
+
+
+def conv_weight_grad(g, x, kh, kw, sh, sw, ph, pw):
+    g, x = _c(g), _c(x)
+    N, C, H, W = x.shape
+    if _shifted(x, C, sh, sw):
+        return _conv_weight_grad_shifted(g, x, kh, kw, ph, pw)
+    O, K, Ho, Wo = g.shape[1], C * kh * kw, out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
+    parts = {}
+
+    def work(t, share):
+        acc = parts[t] = np.zeros((O, K), g.dtype)
+        for n, i0, i1 in share:
+            cols = _scratch(t, "cols", (K, (i1 - i0) * Wo), x.dtype)
+            _im2col_image(x[n], kh, kw, sh, sw, ph, pw, i0, i1, Wo, cols)
+            acc += np.matmul(g[n, :, i0 * Wo:i1 * Wo], cols.T, out=_scratch(t, "dw", (O, K), g.dtype))
+
+    _run(_bands(N, Ho, K * Wo * x.itemsize), work)
+    dw = parts.pop(0)
+    for p in parts.values():
         dw += p
     return dw
 
 
-def conv_gemm_input_grad(w2, g):
-    out = _empty((g.shape[0], w2.shape[1], g.shape[2]), g.dtype)
-
-    def work(t, n0, n1):
-        np.matmul(w2.T, g[n0:n1], out=out[n0:n1])
-
-    if not _over_images(g.shape[0], work):
-        np.matmul(w2.T, g, out=out)
-    return out
-
-
-# -------------------------------------------------------------------------------------------- im2col / col2im
-# (The bounds tests stay inside the inner loops on purpose: with w known to be >= 0 there, LLVM drops the
-# negative-index handling and vectorises the loop; precomputing the valid range of j was measured 5x slower.)
-@njit(**_jit)
-def _im2col(x, kh, kw, sh, sw, ph, pw, Ho, Wo, cols):
-    # cols[n, (c*kh + u)*kw + v, i*Wo + j] = x[n, c, i*sh - ph + u, j*sw - pw + v], 0 outside the image
-    N, C, H, W = x.shape
-    for nc in prange(N * C):
-        n, c = nc // C, nc % C
-        for u in range(kh):
-            for v in range(kw):
-                row = (c * kh + u) * kw + v
-                for i in range(Ho):
-                    h = i * sh - ph + u
-                    base = i * Wo
-                    if h < 0 or h >= H:
-                        for j in range(Wo):
-                            cols[n, row, base + j] = 0
-                        continue
-                    for j in range(Wo):
-                        w = j * sw - pw + v
-                        cols[n, row, base + j] = x[n, c, h, w] if 0 <= w < W else 0
-
-
-def im2col(x, kh, kw, sh, sw, ph, pw):
-    N, C, H, W = x.shape
-    Ho, Wo = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
-    cols = _empty((N, C * kh * kw, Ho * Wo), x.dtype)
-    _im2col(_c(x), kh, kw, sh, sw, ph, pw, Ho, Wo, cols)
-    return cols
-
-
-@njit(**_jit)
-def _col2im(cols, kh, kw, sh, sw, ph, pw, Ho, Wo, dx):
-    # dx[n, c, h, w] = sum of cols[n, (c*kh + u)*kw + v, i*Wo + j] over i*sh - ph + u = h, j*sw - pw + v = w.
-    # One thread owns one (n, c) plane of dx, so the += never races.
-    N, C, H, W = dx.shape
-    for nc in prange(N * C):
-        n, c = nc // C, nc % C
-        for h in range(H):
-            for w in range(W):
-                dx[n, c, h, w] = 0
-        for u in range(kh):
-            for v in range(kw):
-                row = (c * kh + u) * kw + v
-                for i in range(Ho):
-                    h = i * sh - ph + u
-                    if h < 0 or h >= H:
-                        continue
-                    for j in range(Wo):
-                        w = j * sw - pw + v
-                        if 0 <= w < W:
-                            dx[n, c, h, w] += cols[n, row, i * Wo + j]
-
-
-def col2im(cols, x_shape, kh, kw, sh, sw, ph, pw):
+def conv_input_grad(w2, g, x_shape, kh, kw, sh, sw, ph, pw):
+    w2, g = _c(w2), _c(g)
     N, C, H, W = x_shape
-    Ho, Wo = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
-    dx = _empty((N, C, H, W), cols.dtype)
-    _col2im(_c(cols).reshape(N, C * kh * kw, Ho * Wo), kh, kw, sh, sw, ph, pw, Ho, Wo, dx)
+    if _shifted(g, C, sh, sw):
+        return _conv_input_grad_shifted(w2, g, x_shape, kh, kw, ph, pw)
+    K, Ho, Wo = w2.shape[1], out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
+    dx = _empty((N, C, H, W), g.dtype)
+    w2t = w2.T
+
+    def work(t, share):
+        for n, i0, i1 in share:
+            if i0 == 0:
+                dx[n] = 0
+            dcols = np.matmul(w2t, g[n, :, i0 * Wo:i1 * Wo], out=_scratch(t, "cols", (K, (i1 - i0) * Wo), g.dtype))
+            _col2im_image(dcols, kh, kw, sh, sw, ph, pw, i0, i1, Wo, dx[n])
+
+    # The bands of one image add into overlapping rows of dx[n]: one thread does them all, in order.
+    _run(_bands(N, Ho, K * Wo * g.itemsize, whole_images=True), work, whole_images=True)
     return dx
 
 
@@ -324,7 +574,7 @@ def _leaky_bwd(g, x, slope, dx):
 
 
 def _elementwise(kernel, out_like, *args):
-    out = np.empty(out_like.shape, dtype=out_like.dtype)
+    out = _empty(out_like.shape, out_like.dtype)
     kernel(*args, out.reshape(-1))
     return out
 
