@@ -21,7 +21,7 @@ import numpy as np
 
 
 def import_torch():
-    """PyTorch, imported before minisr (as bench/conv2d.py does), or None."""
+    """PyTorch, imported before minisr (as bench/compare.py does), or None."""
     try:
         import torch
     except ImportError:

@@ -1,0 +1,105 @@
+"""The benchmark suite in bench/ works: compare.py on tiny shapes writes its JSON, PNG and Markdown, and the
+pytest-benchmark files pass as correctness tests (``--benchmark-disable``). The timings here mean nothing."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def load_compare():
+    spec = importlib.util.spec_from_file_location("bench_compare", BENCH / "compare.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def fake_result(train_ratios=(0.9, 0.7, 0.8), conv_pct=65.0, mem_ratio=1.1):
+    rows = [dict(id="conv-vdsr", case="VDSR middle", kind="conv", **{"pass": "fwd+bwd"}, minisr_ms=10.0,
+                 torch_ms=8.0, ratio=1.25, minisr_gflops=65.0, torch_gflops=80.0, minisr_pct_sgemm=conv_pct)]
+    for cid, ratio in zip(("train-srcnn", "train-vdsr", "train-edsr"), train_ratios):
+        rows.append(dict(id=cid, case=cid, kind="train", **{"pass": "step"}, minisr_ms=ratio, torch_ms=1.0,
+                         ratio=ratio, minisr_gflops=1.0, torch_gflops=1.0, minisr_pct_sgemm=1.0,
+                         memory=dict(minisr=dict(peak_mib=110.0), torch=dict(peak_mib=100.0), ratio=mem_ratio)))
+    machine = dict(cpu="test CPU", usable_cpus=2, logical_cpus=2, mem_total_gib=8, minisr="0", torch="0",
+                   numba_threads=2, numba_threading_layer="workqueue", blas_threads=2, torch_threads=2)
+    settings = dict(threads=2, backend="numba", dtype="float32", repeats=10, warmup=2, pause=0.2,
+                    infer_repeats=3, memory_steps=3, memory=True, tiny=False, quick=False)
+    return dict(meta=dict(date="2000-01-01 00:00 UTC", command="python bench/compare.py", settings=settings,
+                          machine=machine, sgemm_gflops=100.0, loadavg_before=[0.1, 0, 0], loadavg_after=[2, 0, 0]),
+                rows=rows)
+
+
+def test_targets():
+    compare = load_compare()
+    ok = compare.evaluate_targets(fake_result()["rows"])
+    assert len(ok) == 3 + 1 + 1 + 3 and all(t["ok"] for t in ok)
+    assert next(t for t in ok if "geometric" in t["target"])["value"] == pytest.approx((0.9 * 0.7 * 0.8) ** (1 / 3))
+    bad = compare.evaluate_targets(fake_result((1.1, 0.9, 0.9), conv_pct=50.0, mem_ratio=1.3)["rows"])
+    assert [t["ok"] for t in bad] == [False, True, True, False, False, False, False, False]
+
+
+def test_markdown_replaces_placeholder(tmp_path):
+    compare = load_compare()
+    result = fake_result()
+    result["targets"] = compare.evaluate_targets(result["rows"])
+    md = tmp_path / "RESULTS.md"
+    md.write_text(f"# Results\n\nHow they are made.\n\n{compare.PLACEHOLDER}\n")
+    compare.write_markdown(result, md)
+    compare.write_markdown(result, md)
+    text = md.read_text()
+    assert compare.PLACEHOLDER not in text and text.startswith("# Results\n\nHow they are made.\n\n## 2000-01-01")
+    assert text.count("## 2000-01-01 00:00 UTC: test CPU, 2 threads, numba backend") == 2
+    assert "| VDSR middle | fwd+bwd | 10.00 | 8.00 | 1.25 | 65.0 | 80.0 | 65 | - | - | - |" in text
+    assert "- PASS: geometric mean of the 3 training-step ratios <= 0.8: 0.80" in text
+
+
+@pytest.mark.slow
+def test_compare_tiny_quick(tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(BENCH / "compare.py"), "--tiny", "--quick", "--cases", "conv-vdsr,train-srcnn",
+           "--json", str(out / "c.json"), "--plot", str(out / "c.png"), "--markdown", str(out / "R.md")]
+    res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, f"compare.py failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    assert "minisr GF/s" in res.stdout and "conv2d VDSR middle fwd+bwd >= 60% of sgemm rate" in res.stdout
+    result = json.loads((out / "c.json").read_text())
+    assert [(r["id"], r["pass"]) for r in result["rows"]] == [
+        ("sgemm-square", "gemm"), ("sgemm-conv", "gemm"), ("conv-vdsr", "fwd"), ("conv-vdsr", "fwd+bwd"),
+        ("train-srcnn", "step")]
+    assert all(len(r["minisr_times_ms"]) == 2 and r["minisr_ms"] > 0 and r["torch_ms"] > 0 for r in result["rows"])
+    train = result["rows"][-1]
+    assert max(train["check"].values()) < 1e-4  # both libraries computed the same step
+    for lib in ("minisr", "torch"):
+        mem = train["memory"][lib]
+        assert "error" not in mem, mem
+        assert mem["hwm_reset"] and mem["peak_mib"] >= 0 and mem["baseline_mib"] > 0
+    assert result["meta"]["machine"]["numba_threads"] >= 1 and result["meta"]["sgemm_gflops"] > 0
+    assert (out / "c.png").stat().st_size > 1000
+    md = (out / "R.md").read_text()
+    assert "| case | pass | minisr ms |" in md and "| SRCNN 9-5-5 train step | step |" in md
+    assert sorted(p.name for p in out.iterdir()) == ["R.md", "c.json", "c.png"]
+    assert list(tmp_path.iterdir()) == [out]
+    # re-rendering an earlier JSON measures nothing
+    res = subprocess.run([sys.executable, str(BENCH / "compare.py"), "--from-json", str(out / "c.json"),
+                          "--plot", "", "--markdown", str(tmp_path / "again.md")],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "| SRCNN 9-5-5 train step | step |" in (tmp_path / "again.md").read_text()
+
+
+@pytest.mark.slow
+def test_pytest_benchmarks_pass_as_tests():
+    """Every kernel, op and model benchmark once, on tiny shapes, with its check against PyTorch."""
+    pytest.importorskip("torch")
+    pytest.importorskip("pytest_benchmark")
+    cmd = [sys.executable, "-m", "pytest", str(BENCH), "--benchmark-disable", "--bench-tiny", "-q",
+           "-p", "no:cacheprovider"]
+    res = subprocess.run(cmd, cwd=BENCH.parent, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, f"pytest bench/ failed:\n{res.stdout[-4000:]}\n{res.stderr[-2000:]}"
+    assert " passed" in res.stdout and "failed" not in res.stdout
