@@ -11,7 +11,7 @@ from __future__ import annotations
 import numbers
 
 from .backends import backend_for, get_array_module
-from .tensor import Tensor, make_result
+from .tensor import Tensor, is_grad_enabled, make_result
 
 __all__ = [
     "conv2d", "relu", "leaky_relu", "pixel_shuffle", "mse_loss", "l1_loss", "smoothness_loss", "pad",
@@ -30,6 +30,26 @@ def _tensor(x, name: str) -> Tensor:
 def _check_ndim(x: Tensor, ndim: int, what: str, layout: str) -> None:
     if x.ndim != ndim:
         raise ValueError(f"{what} must be {ndim}-D {layout}, got shape {x.shape}")
+
+
+def _saved(*tensors):
+    """For a backward that reads these tensors' data: a check that none was modified in place since."""
+    versions = [t._version for t in tensors]
+
+    def check(op: str) -> None:
+        if any(t._version != v for t, v in zip(tensors, versions)):
+            raise RuntimeError(f"{op} backward: a tensor it needs was modified by an in-place op afterwards "
+                               "(relu(inplace=True) or add(inplace=True)); use the out-of-place op there")
+
+    return check
+
+
+def _inplace_target(x: Tensor, op: str) -> None:
+    """In-place ops overwrite x's array: refuse where that would break the graph, as PyTorch does."""
+    if x.requires_grad and x.is_leaf and is_grad_enabled():
+        raise RuntimeError(f"{op}(inplace=True) on a leaf tensor that requires grad (a parameter or an input "
+                           "with requires_grad=True): its values are needed as they are; use inplace=False")
+    x._version += 1
 
 
 def _check_same(a: Tensor, b: Tensor, op: str) -> None:
@@ -110,7 +130,10 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padd
         be.bias_add(out, bias.data)
     out = out.reshape(N, O, Ho, Wo)
 
+    check = _saved(x)
+
     def backward(g):
+        check("conv2d")
         g = g.reshape(N, O, Ho * Wo)
         dx = dw = db = None
         if x.requires_grad:
@@ -125,11 +148,18 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padd
 
 
 # ------------------------------------------------------------------------------------------------ activations
-def relu(x: Tensor) -> Tensor:
-    """y = max(x, 0);  dE/dx = dE/dy * [y > 0]."""
+def relu(x: Tensor, inplace: bool = False) -> Tensor:
+    """y = max(x, 0);  dE/dx = dE/dy * [y > 0].
+
+    ``inplace=True`` writes y over x's array (PyTorch's ``nn.ReLU(inplace=True)``): a conv -> ReLU pair then
+    keeps one activation instead of two until the backward (the backward needs only y). x's own values are
+    gone: an op that saved x for its backward raises there.
+    """
     x = _tensor(x, "relu input")
     be = backend_for(x.data)
-    y = be.relu_forward(x.data)
+    if inplace:
+        _inplace_target(x, "relu")
+    y = be.relu_forward(x.data, out=x.data if inplace else None)
     return make_result(y, [x], lambda g: (be.relu_backward(g, y),), "relu")
 
 
@@ -138,7 +168,13 @@ def leaky_relu(x: Tensor, negative_slope: float = 0.01) -> Tensor:
     x = _tensor(x, "leaky_relu input")
     be = backend_for(x.data)
     y = be.leaky_relu_forward(x.data, negative_slope)
-    return make_result(y, [x], lambda g: (be.leaky_relu_backward(g, x.data, negative_slope),), "leaky_relu")
+    check = _saved(x)
+
+    def backward(g):
+        check("leaky_relu")
+        return (be.leaky_relu_backward(g, x.data, negative_slope),)
+
+    return make_result(y, [x], backward, "leaky_relu")
 
 
 # ---------------------------------------------------------------------------------------------- pixel shuffle
@@ -301,12 +337,23 @@ def _scalar_or_same(a: Tensor, b, op: str):
     return b
 
 
-def add(a: Tensor, b) -> Tensor:
-    """y = a + b (b a tensor of the same shape, or a number);  dE/da = dE/db = dE/dy."""
+def add(a: Tensor, b, inplace: bool = False) -> Tensor:
+    """y = a + b (b a tensor of the same shape, or a number);  dE/da = dE/db = dE/dy.
+
+    ``inplace=True`` writes y over a's array (as ``a += b`` in PyTorch): for a residual sum whose branch output
+    is needed by nothing else (EDSR's ``res += x``), one activation less until the backward.
+    """
     tb = _scalar_or_same(a, b, "add")
+    other = a.dtype.type(b) if tb is None else tb.data
+    if inplace:
+        _inplace_target(a, "add")
+        a.data += other
+        y = a.data
+    else:
+        y = a.data + other
     if tb is None:
-        return make_result(a.data + a.dtype.type(b), [a], lambda g: (g,), "add")
-    return make_result(a.data + tb.data, [a, tb], lambda g: (g, g), "add")
+        return make_result(y, [a], lambda g: (g,), "add")
+    return make_result(y, [a, tb], lambda g: (g, g), "add")
 
 
 def sub(a: Tensor, b) -> Tensor:
@@ -323,7 +370,13 @@ def mul(a: Tensor, b) -> Tensor:
     if tb is None:
         s = a.dtype.type(b)
         return make_result(a.data * s, [a], lambda g: (g * s,), "mul")
-    return make_result(a.data * tb.data, [a, tb], lambda g: (g * tb.data, g * a.data), "mul")
+    check = _saved(a, tb)
+
+    def backward(g):
+        check("mul")
+        return g * tb.data, g * a.data
+
+    return make_result(a.data * tb.data, [a, tb], backward, "mul")
 
 
 def neg(a: Tensor) -> Tensor:

@@ -202,8 +202,14 @@ class Conv2d(Module):
 
 
 class ReLU(Module):
+    """``ReLU(inplace=True)`` overwrites its input (see :func:`minisr.functional.relu`), as in PyTorch."""
+
+    def __init__(self, inplace: bool = False):
+        super().__init__()
+        self.inplace = inplace
+
     def forward(self, x):
-        return F.relu(x)
+        return F.relu(x, inplace=self.inplace)
 
 
 class LeakyReLU(Module):

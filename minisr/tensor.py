@@ -82,6 +82,7 @@ class Tensor:
         self.grad = None
         self.requires_grad = bool(requires_grad)
         self._ctx = None  # (parents, backward_fn, op_name) for op outputs that need gradients
+        self._version = 0  # bumped by in-place ops (relu(inplace=True), add(inplace=True))
         self.name = None  # parameters get their module path here (used by graph views)
 
     # --------------------------------------------------------------------------------------------- properties
@@ -318,6 +319,7 @@ def make_result(data, parents, backward_fn, op: str) -> Tensor:
     out.data = data
     out.grad = None
     out.name = None
+    out._version = 0
     out.requires_grad = is_grad_enabled() and any(p.requires_grad for p in parents)
     out._ctx = (tuple(parents), backward_fn, op) if out.requires_grad else None
     return out

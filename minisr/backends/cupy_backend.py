@@ -108,15 +108,19 @@ def bias_grad(g):
 
 
 # ---------------------------------------------------------------------------------------------------- activations
-def _unary(name, x, *extra, like=None):
+def _unary(name, x, *extra, like=None, out=None):
     x = _c(x)
-    out = cp.empty_like(like if like is not None else x)
+    if out is None:
+        out = cp.empty_like(like if like is not None else x)
     _launch("activations", name, x.dtype, x.size, (x,) + extra + (out, i64(x.size)))
     return out
 
 
-def relu_forward(x):
-    return _unary("relu_forward", x)
+def relu_forward(x, out=None):
+    if out is not None and not out.flags.c_contiguous:
+        out[...] = _unary("relu_forward", x)
+        return out
+    return _unary("relu_forward", x, out=out)
 
 
 def relu_backward(g, y):

@@ -573,14 +573,17 @@ def _leaky_bwd(g, x, slope, dx):
         dx[k] = g[k] if x[k] > 0 else g[k] * slope
 
 
-def _elementwise(kernel, out_like, *args):
-    out = _empty(out_like.shape, out_like.dtype)
+def _elementwise(kernel, out_like, *args, out=None):
+    if out is None:
+        out = _empty(out_like.shape, out_like.dtype)
     kernel(*args, out.reshape(-1))
     return out
 
 
-def relu_forward(x):
-    return _elementwise(_relu_fwd, x, _c(x).reshape(-1))
+def relu_forward(x, out=None):
+    if out is not None and not _inplace_ok(x, out):
+        return _reference.relu_forward(x, out)
+    return _elementwise(_relu_fwd, x, _c(x).reshape(-1), out=out)
 
 
 def relu_backward(g, y):

@@ -97,9 +97,9 @@ def bias_grad(g):
 
 
 # ------------------------------------------------------------------------------------------------ activations
-def relu_forward(x):
-    """y = max(x, 0)."""
-    return get_array_module(x).maximum(x, 0)
+def relu_forward(x, out=None):
+    """y = max(x, 0), into ``out`` when given (out may be x itself: the in-place ReLU)."""
+    return get_array_module(x).maximum(x, 0, out=out)
 
 
 def relu_backward(g, y):

@@ -26,7 +26,7 @@ class SRCNN(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, n1, f1, padding=pad(f1), **kw)
         self.conv2 = nn.Conv2d(n1, n2, f2, padding=pad(f2), **kw)
         self.conv3 = nn.Conv2d(n2, in_channels, f3, padding=pad(f3), **kw)
-        self.relu = nn.ReLU()
+        self.relu = nn.ReLU(inplace=True)
         self.in_channels = in_channels
         #: pixels lost on each side of the input with valid padding (8 for 9-5-5, 6 for 9-1-5)
         self.border = 0 if padding == "same" else (f1 - 1) // 2 + (f2 - 1) // 2 + (f3 - 1) // 2

@@ -13,9 +13,9 @@ class VDSR(nn.Module):
         if depth < 2:
             raise ValueError(f"VDSR depth must be >= 2, got {depth}")
         self.config = dict(depth=depth, features=features, in_channels=in_channels, residual=residual, init=init)
-        layers = [nn.Conv2d(in_channels, features, 3, padding=1, init=init), nn.ReLU()]
+        layers = [nn.Conv2d(in_channels, features, 3, padding=1, init=init), nn.ReLU(inplace=True)]
         for _ in range(depth - 2):
-            layers += [nn.Conv2d(features, features, 3, padding=1, init=init), nn.ReLU()]
+            layers += [nn.Conv2d(features, features, 3, padding=1, init=init), nn.ReLU(inplace=True)]
         layers.append(nn.Conv2d(features, in_channels, 3, padding=1, init=init))
         self.body = nn.Sequential(*layers)
         self.residual = residual
