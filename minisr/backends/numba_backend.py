@@ -293,14 +293,18 @@ def _run(bands, work, whole_images=False):
             _set_blas_threads(before)
 
 
-# Shifted GEMMs (stride 1, enough channels): no columns at all. With y the input zero-padded to Hp x Wp and
-# flattened per channel, output row i's window (u, v) starts at y[c, (i + u)*Wp + v], so for every shift (u, v)
-#     full[n, :, i*Wp + j] += w[:, :, u, v] @ y[n, :, (i + u)*Wp + v + j]      (O x C) @ (C x rows*Wp)
-# is ONE GEMM over the whole image with its B operand read in place (leading dimension = the padded plane).
-# Each output row then has Wp - Wo junk columns (windows that wrap into the next row), cut off afterwards
-# (and zero in the padded gradient, so the backward GEMMs ignore them). The GEMMs call the CBLAS inside
-# NumPy's OpenBLAS directly (ctypes), which takes leading dimensions and accumulates (beta = 1).
+# Shifted GEMMs (stride 1, enough channels): no columns at all. The input is zero-padded to Hp x Wp and laid
+# out channel-major, y[c, n*L + r*Wp + s] with L = Hp*Wp (the images one after the other in each channel's row).
+# An output at q = n*L + i*Wp + j reads its window (u, v) at y[c, q + u*Wp + v], so for every shift (u, v)
+#     full[:, q] += w[:, :, u, v] @ y[:, q + u*Wp + v]         (O x C) @ (C x positions)
+# is ONE GEMM over a whole run of positions -- several images at once -- with its B operand read in place
+# (leading dimension = the row length of y). Positions with j >= Wo or i >= Ho are junk (windows that wrap
+# into the next row or image); the output is cut out of `full` afterwards, and the padded gradients are zero
+# there, so the backward GEMMs ignore them. The GEMMs call the CBLAS inside NumPy's OpenBLAS directly
+# (ctypes): it takes leading dimensions and accumulates (beta = 1). Runs of _RUN_COLS positions at most are
+# spread over the worker threads.
 _SHIFTED_MIN_CHANNELS = 8  # below this the GEMMs' inner dimension (C) is too short to pay
+_RUN_COLS = 4096
 
 
 def _find_cblas():
@@ -327,127 +331,163 @@ _cblas = _find_cblas()
 _ROW, _N, _T = 101, 111, 112  # CblasRowMajor, CblasNoTrans, CblasTrans
 
 
+_cblas = _find_cblas()
+_ROW, _N, _T = 101, 111, 112  # CblasRowMajor, CblasNoTrans, CblasTrans
+
+
 def _shifted(x, C, sh, sw):
     return _cblas is not None and sh == 1 and sw == 1 and C >= _SHIFTED_MIN_CHANNELS and x.dtype in _cblas
 
 
 @njit(**_jit)
-def _embed(x, top, left, Wp, out):
-    # out[n, c, (h + top)*Wp + w + left] = x[n, c, h, w]; 0 everywhere else (the padding and any slack)
+def _embed(x, top, left, Wp, L, out):
+    # out[c, n*L + (h + top)*Wp + w + left] = x[n, c, h, w]; 0 everywhere else (padding, junk, slack)
     N, C, H, W = x.shape
     for nc in prange(N * C):
         n, c = nc // C, nc % C
-        out[n, c] = 0
+        out[c, n * L:(n + 1) * L] = 0
+        if n == N - 1:
+            out[c, N * L:] = 0
         for h in range(H):
-            base = (h + top) * Wp + left
+            base = n * L + (h + top) * Wp + left
             for w in range(W):
-                out[n, c, base + w] = x[n, c, h, w]
+                out[c, base + w] = x[n, c, h, w]
 
 
 @njit(**_jit)
-def _extract(full, top, left, Wp, out):
-    # out[n, c, h, w] = full[n, c, (h + top)*Wp + w + left]
+def _extract(full, top, left, Wp, L, out):
+    # out[n, c, h, w] = full[c, n*L + (h + top)*Wp + w + left]
     N, C, H, W = out.shape
     for nc in prange(N * C):
         n, c = nc // C, nc % C
         for h in range(H):
-            base = (h + top) * Wp + left
+            base = n * L + (h + top) * Wp + left
             for w in range(W):
-                out[n, c, h, w] = full[n, c, base + w]
+                out[n, c, h, w] = full[c, base + w]
 
 
-def _padded(x, kh, kw, ph, pw):
-    """x zero-padded and flattened per channel: (N, C, Hp*Wp + kw - 1) (the slack: the last shift's reads)."""
-    N, C, H, W = x.shape
-    Hp, Wp = H + 2 * ph, W + 2 * pw
-    y = _empty((N, C, Hp * Wp + kw - 1), x.dtype)
-    _embed(x, ph, pw, Wp, y)
-    return y
+@njit(nogil=True, cache=True)
+def _grad_rows_t(g, r0, r1, Hp, Wp, gt):
+    # gt[(r - r0)*Wp + j, o] = g[n, o, i, j] for the global output rows r = n*Hp + i in [r0, r1); 0 at junk
+    N, O, Ho, Wo = g.shape
+    for r in range(r0, r1):
+        n, i = r // Hp, r % Hp
+        base = (r - r0) * Wp
+        if i >= Ho:
+            gt[base:base + Wp] = 0
+            continue
+        for j in range(Wp):
+            for o in range(O):
+                gt[base + j, o] = g[n, o, i, j] if j < Wo else 0
+
+
+class _Grid:
+    """The padded, channel-major position grid of one shifted conv."""
+
+    def __init__(self, x_shape, kh, kw, ph, pw):
+        self.N, self.C, H, W = x_shape
+        self.kh, self.kw, self.ph, self.pw = kh, kw, ph, pw
+        self.Hp, self.Wp = H + 2 * ph, W + 2 * pw
+        self.Ho, self.Wo = self.Hp - kh + 1, self.Wp - kw + 1
+        self.L = self.Hp * self.Wp
+        self.NL = self.N * self.L
+        self.slack = (kh - 1) * self.Wp + kw - 1  # the last shift reads this far past the last position
+        self.offsets = [u * self.Wp + v for u in range(kh) for v in range(kw)]  # of shift (u, v), row-major
+
+    def padded(self, x, top, left):
+        """x (N, C', h, w) embedded channel-major on the grid: (C', NL + slack)."""
+        y = _empty((x.shape[1], self.NL + self.slack), x.dtype)
+        _embed(_c(x), top, left, self.Wp, self.L, y)
+        return y
+
+    def row_runs(self):
+        """[(r0, r1)]: runs of global output rows (row r = n*Hp + i), at most _RUN_COLS positions, at least
+        two per thread when there is enough work."""
+        total = self.N * self.Hp
+        rows = max(1, min(_RUN_COLS // self.Wp, -(-total // (2 * _threads()))))
+        return [(r0, min(r0 + rows, total)) for r0 in range(0, total, rows)]
+
+    def image_runs(self):
+        """Runs of whole images, as row runs: a run's shifted writes then stay inside its own images."""
+        n = max(1, min(_RUN_COLS // self.L, -(-self.N // (2 * _threads()))))
+        return [(n0 * self.Hp, min(n0 + n, self.N) * self.Hp) for n0 in range(0, self.N, n)]
+
+
+def _weights_by_shift(w2, O, C, kh, kw):
+    """w[:, :, u, v] for every shift, each a contiguous (O, C) matrix: (kh, kw, O, C)."""
+    return np.ascontiguousarray(w2.reshape(O, C, kh, kw).transpose(2, 3, 0, 1))
 
 
 def _conv_forward_shifted(x, w2, kh, kw, ph, pw):
-    N, C, H, W = x.shape
-    O, it = w2.shape[0], x.itemsize
-    Wp, Ho = W + 2 * pw, H + 2 * ph - kh + 1
-    y, L = _padded(x, kh, kw, ph, pw), (H + 2 * ph) * Wp + kw - 1
-    ws = np.ascontiguousarray(w2.reshape(O, C, kh, kw).transpose(2, 3, 0, 1))  # (kh, kw, O, C)
-    full = _empty((N, O, Ho * Wp), x.dtype)
-    gemm, ya, wa, fa = _cblas[x.dtype], y.ctypes.data, ws.ctypes.data, full.ctypes.data
+    G = _Grid(x.shape, kh, kw, ph, pw)
+    O, C, it = w2.shape[0], G.C, x.itemsize
+    y = G.padded(x, ph, pw)
+    ws = _weights_by_shift(w2, O, C, kh, kw)
+    full = _empty((O, G.NL), x.dtype)
+    gemm, ya, wa, fa, ld = _cblas[x.dtype], y.ctypes.data, ws.ctypes.data, full.ctypes.data, G.NL + G.slack
 
     def work(t, share):
-        for n, i0, i1 in share:
-            for u in range(kh):
-                for v in range(kw):
-                    gemm(_ROW, _N, _N, O, (i1 - i0) * Wp, C, 1.0, wa + (u * kw + v) * O * C * it, C,
-                         ya + (n * C * L + (i0 + u) * Wp + v) * it, L, 1.0 if u or v else 0.0,
-                         fa + (n * O * Ho + i0) * Wp * it, Ho * Wp)
+        for r0, r1 in share:
+            q0, cnt = r0 * G.Wp, (r1 - r0) * G.Wp
+            for k, off in enumerate(G.offsets):
+                gemm(_ROW, _N, _N, O, cnt, C, 1.0, wa + k * O * C * it, C, ya + (q0 + off) * it, ld,
+                     1.0 if k else 0.0, fa + q0 * it, G.NL)
 
-    _run(_bands(N, Ho, (C + O) * Wp * it), work)
-    out = _empty((N, O, Ho * (W + 2 * pw - kw + 1)), x.dtype)
-    _extract(full.reshape(N, O, Ho * Wp), 0, 0, Wp, out.reshape(N, O, Ho, -1))
+    _run(G.row_runs(), work)
+    out = _empty((G.N, O, G.Ho * G.Wo), x.dtype)
+    _extract(full, 0, 0, G.Wp, G.L, out.reshape(G.N, O, G.Ho, G.Wo))
     return out
 
 
-def _padded_grad(g, Ho, Wo, Wp):
-    """g (N, O, Ho*Wo) on the padded-width grid (N, O, Ho*Wp), 0 in the junk columns."""
-    N, O = g.shape[:2]
-    gf = _empty((N, O, Ho * Wp), g.dtype)
-    _embed(_c(g).reshape(N, O, Ho, Wo), 0, 0, Wp, gf)
-    return gf
-
-
 def _conv_weight_grad_shifted(g, x, kh, kw, ph, pw):
-    N, C, H, W = x.shape
-    O, it = g.shape[1], x.itemsize
-    Wp, Ho = W + 2 * pw, H + 2 * ph - kh + 1
-    Wo = Wp - kw + 1
-    y, L = _padded(x, kh, kw, ph, pw), (H + 2 * ph) * Wp + kw - 1
-    g4 = _c(g).reshape(N, O, Ho, Wo)
-    gemm, ya = _cblas[x.dtype], y.ctypes.data
+    G = _Grid(x.shape, kh, kw, ph, pw)
+    O, C, it = g.shape[1], G.C, x.itemsize
+    y = G.padded(x, ph, pw)
+    g4 = _c(g).reshape(G.N, O, G.Ho, G.Wo)
+    gemm, ya, ld = _cblas[x.dtype], y.ctypes.data, G.NL + G.slack
     parts = {}
 
     def work(t, share):
-        acc = parts[t] = np.zeros((kh, kw, C, O), x.dtype)  # dw transposed: (C, O) per shift
+        acc = parts[t] = np.zeros((len(G.offsets), C, O), x.dtype)  # dw transposed: (C, O) per shift
         aa = acc.ctypes.data
-        for n, i0, i1 in share:
-            # g of these rows, transposed to (positions, O) on the padded-width grid (0 in the junk columns):
-            # then every GEMM below is a plain NN product, which OpenBLAS runs ~25% faster than the NT one.
-            gt = _scratch(t, "gt", (i1 - i0, Wp, O), x.dtype)
-            gt[:, Wo:] = 0
-            gt[:, :Wo] = g4[n, :, i0:i1].transpose(1, 2, 0)
-            for u in range(kh):
-                for v in range(kw):  # dw[:, :, u, v]^T += y[n, :, shifted] @ g_full[n]^T
-                    gemm(_ROW, _N, _N, C, O, (i1 - i0) * Wp, 1.0, ya + (n * C * L + (i0 + u) * Wp + v) * it, L,
-                         gt.ctypes.data, O, 1.0, aa + (u * kw + v) * C * O * it, O)
+        for r0, r1 in share:
+            # g of these rows, transposed to (positions, O) (0 at junk positions): every GEMM below is then a
+            # plain NN product, which OpenBLAS runs ~25% faster than the NT one.
+            q0, cnt = r0 * G.Wp, (r1 - r0) * G.Wp
+            gt = _scratch(t, "gt", (cnt, O), x.dtype)
+            _grad_rows_t(g4, r0, r1, G.Hp, G.Wp, gt)
+            for k, off in enumerate(G.offsets):  # dw[:, :, u, v]^T += y[:, shifted] @ g^T
+                gemm(_ROW, _N, _N, C, O, cnt, 1.0, ya + (q0 + off) * it, ld, gt.ctypes.data, O, 1.0,
+                     aa + k * C * O * it, O)
 
-    _run(_bands(N, Ho, (C + O) * Wp * it), work)
+    _run(G.row_runs(), work)
     dw = parts.pop(0)
     for p in parts.values():
         dw += p
-    return np.ascontiguousarray(dw.transpose(3, 2, 0, 1)).reshape(O, C * kh * kw)
+    return np.ascontiguousarray(dw.reshape(kh, kw, C, O).transpose(3, 2, 0, 1)).reshape(O, C * kh * kw)
 
 
 def _conv_input_grad_shifted(w2, g, x_shape, kh, kw, ph, pw):
-    N, C, H, W = x_shape
-    O, it = w2.shape[0], g.itemsize
-    Wp, Ho = W + 2 * pw, H + 2 * ph - kh + 1
-    L = (H + 2 * ph) * Wp + kw - 1
-    ws = np.ascontiguousarray(w2.reshape(O, C, kh, kw).transpose(2, 3, 0, 1))  # (kh, kw, O, C)
-    gf = _padded_grad(g, Ho, Wp - kw + 1, Wp)
-    dy = _empty((N, C, L), g.dtype)  # the gradient of the padded input
-    gemm, wa, ga, da = _cblas[g.dtype], ws.ctypes.data, gf.ctypes.data, dy.ctypes.data
+    G = _Grid(x_shape, kh, kw, ph, pw)
+    O, C, it = w2.shape[0], G.C, g.itemsize
+    ws = _weights_by_shift(w2, O, C, kh, kw)
+    gf = G.padded(_c(g).reshape(G.N, O, G.Ho, G.Wo), 0, 0)  # g on the grid, 0 at junk positions
+    dy = _empty((C, G.NL + G.slack), g.dtype)  # the gradient of y (the padded input)
+    gemm, wa, ga, da, ld = _cblas[g.dtype], ws.ctypes.data, gf.ctypes.data, dy.ctypes.data, G.NL + G.slack
 
     def work(t, share):
-        for n, _, _ in share:  # dy[n, :, shifted] += w[:, :, u, v]^T @ g_full[n]
-            dy[n] = 0
-            for u in range(kh):
-                for v in range(kw):
-                    gemm(_ROW, _T, _N, C, Ho * Wp, O, 1.0, wa + (u * kw + v) * O * C * it, C,
-                         ga + n * O * Ho * Wp * it, Ho * Wp, 1.0, da + (n * C * L + u * Wp + v) * it, L)
+        for r0, r1 in share:
+            # A run of whole images; its last `slack` positions are junk, so leaving them out keeps every
+            # shifted write inside the run's own images (no two threads write the same element).
+            q0, cnt = r0 * G.Wp, (r1 - r0) * G.Wp - G.slack
+            dy[:, q0:r1 * G.Wp] = 0
+            for k, off in enumerate(G.offsets):  # dy[:, shifted] += w[:, :, u, v]^T @ g
+                gemm(_ROW, _T, _N, C, cnt, O, 1.0, wa + k * O * C * it, C, ga + q0 * it, ld, 1.0,
+                     da + (q0 + off) * it, ld)
 
-    _run([(n, 0, Ho) for n in range(N)], work)
-    dx = _empty((N, C, H, W), g.dtype)
-    _extract(dy, ph, pw, Wp, dx)
+    _run(G.image_runs(), work)
+    dx = _empty(x_shape, g.dtype)
+    _extract(dy, ph, pw, G.Wp, G.L, dx)
     return dx
 
 
