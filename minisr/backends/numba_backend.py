@@ -44,17 +44,19 @@ def _inplace_ok(*arrays):
 
 
 # -------------------------------------------------------------------------------------------------- workspace
-# The conv arrays are big (im2col's columns: 60-90 MB for a batch of 16 in the benchmark) and a fresh
-# allocation is slow to fill the first time: every page faults in (~5 ms per 60 MB here, more in a VM), which
-# is a third of a GEMM. So the conv kernels take their outputs from a cache of byte buffers. A buffer is handed
-# out again only when nothing refers to it any more -- every array made from it (views, reshapes, slices)
-# holds a reference to it, so its reference count then shows only the cache's own -- and reuse can never
-# overwrite live data. Idle buffers beyond the most ever in use at once (at least 256 MiB) are dropped, least
-# recently used first; empty_cache() drops them all.
+# Activations and conv buffers are big (7-40 MB each for a batch of 16 in the benchmark) and a fresh allocation
+# is slow to fill the first time: every page faults in (~5 ms per 60 MB here, more in a VM). So the kernels
+# take their big outputs from a cache of byte buffers, which a training loop reuses step after step. A buffer
+# is handed out again only when nothing refers to it any more -- every array made from it (views, reshapes,
+# slices) holds a reference to it, so its reference count then shows only the cache's own -- and reuse can
+# never overwrite live data. The cache holds at most as many bytes, busy and idle together, as were ever busy
+# at once (at least _CACHE_FLOOR): beyond that, idle buffers are dropped, least recently used first, so it adds
+# next to nothing to the peak memory. empty_cache() drops every idle buffer.
 _MIN_CACHED = 1 << 20
 _cache: list = []  # [buffer (uint8 array), last use]
 _cache_lock = threading.Lock()
-_cache_state = {"tick": 0, "peak": 256 << 20}
+_CACHE_FLOOR = 64 << 20
+_cache_state = {"tick": 0, "peak": _CACHE_FLOOR}
 
 
 def _drop(entry) -> None:
@@ -86,7 +88,7 @@ def _empty(shape, dtype):
         busy = sum(e[0].nbytes for e in _cache if not _idle(e))
         _cache_state["peak"] = max(_cache_state["peak"], busy)
         idle = sorted((e for e in _cache if _idle(e)), key=lambda e: e[1])
-        spare = sum(e[0].nbytes for e in idle) - _cache_state["peak"]
+        spare = busy + sum(e[0].nbytes for e in idle) - _cache_state["peak"]
         for e in idle:
             if spare <= 0:
                 break
@@ -101,7 +103,7 @@ def empty_cache() -> int:
         idle = [e for e in _cache if _idle(e)]
         for e in idle:
             _drop(e)
-        _cache_state["peak"] = 256 << 20
+        _cache_state["peak"] = _CACHE_FLOOR
         return sum(e[0].nbytes for e in idle)
 
 
@@ -339,36 +341,44 @@ def _shifted(x, C, sh, sw):
     return _cblas is not None and sh == 1 and sw == 1 and C >= _SHIFTED_MIN_CHANNELS and x.dtype in _cblas
 
 
-@njit(**_jit)
-def _embed(x, top, left, Wp, L, out):
-    # out[c, n*L + (h + top)*Wp + w + left] = x[n, c, h, w]; 0 everywhere else (padding, junk, slack)
+@njit(nogil=True, cache=True)
+def _window(x, top, left, Hp, Wp, q0, out):
+    # out[c, k] = grid[c, q0 + k] for the grid position q = n*L + r*Wp + s (L = Hp*Wp) holding
+    # x[n, c, r - top, s - left] inside the image and 0 elsewhere (padding, junk, past the last image)
     N, C, H, W = x.shape
-    for nc in prange(N * C):
-        n, c = nc // C, nc % C
-        out[c, n * L:(n + 1) * L] = 0
-        if n == N - 1:
-            out[c, N * L:] = 0
-        for h in range(H):
-            base = n * L + (h + top) * Wp + left
-            for w in range(W):
-                out[c, base + w] = x[n, c, h, w]
+    L, length = Hp * Wp, out.shape[1]
+    for c in range(C):
+        k = 0
+        while k < length:
+            q = q0 + k
+            n, rem = q // L, q % L
+            h, s = rem // Wp - top, rem % Wp
+            seg = min(Wp - s, length - k)  # to the end of this grid row
+            if n < N and 0 <= h < H:
+                for m in range(seg):
+                    w = s + m - left
+                    out[c, k + m] = x[n, c, h, w] if 0 <= w < W else 0
+            else:
+                out[c, k:k + seg] = 0
+            k += seg
 
 
-@njit(**_jit)
-def _extract(full, top, left, Wp, L, out):
-    # out[n, c, h, w] = full[c, n*L + (h + top)*Wp + w + left]
+@njit(nogil=True, cache=True)
+def _extract_rows(part, r0, r1, Hp, Wp, top, left, out):
+    # out[n, c, h, w] = part[c, (r - r0)*Wp + w + left] for the grid rows r = n*Hp + h + top in [r0, r1)
     N, C, H, W = out.shape
-    for nc in prange(N * C):
-        n, c = nc // C, nc % C
-        for h in range(H):
-            base = n * L + (h + top) * Wp + left
-            for w in range(W):
-                out[n, c, h, w] = full[c, base + w]
+    for r in range(r0, r1):
+        n, h = r // Hp, r % Hp - top
+        if 0 <= h < H:
+            base = (r - r0) * Wp + left
+            for c in range(C):
+                for w in range(W):
+                    out[n, c, h, w] = part[c, base + w]
 
 
 @njit(nogil=True, cache=True)
 def _grad_rows_t(g, r0, r1, Hp, Wp, gt):
-    # gt[(r - r0)*Wp + j, o] = g[n, o, i, j] for the global output rows r = n*Hp + i in [r0, r1); 0 at junk
+    # gt[(r - r0)*Wp + j, o] = g[n, o, i, j] for the grid rows r = n*Hp + i in [r0, r1); 0 at junk positions
     N, O, Ho, Wo = g.shape
     for r in range(r0, r1):
         n, i = r // Hp, r % Hp
@@ -382,7 +392,8 @@ def _grad_rows_t(g, r0, r1, Hp, Wp, gt):
 
 
 class _Grid:
-    """The padded, channel-major position grid of one shifted conv."""
+    """The padded position grid of one shifted conv: image n's padded pixel (r, s) is position
+    q = n*L + r*Wp + s, L = Hp*Wp, and so is the output (i, j) whose windows start there."""
 
     def __init__(self, x_shape, kh, kw, ph, pw):
         self.N, self.C, H, W = x_shape
@@ -390,25 +401,18 @@ class _Grid:
         self.Hp, self.Wp = H + 2 * ph, W + 2 * pw
         self.Ho, self.Wo = self.Hp - kh + 1, self.Wp - kw + 1
         self.L = self.Hp * self.Wp
-        self.NL = self.N * self.L
-        self.slack = (kh - 1) * self.Wp + kw - 1  # the last shift reads this far past the last position
+        self.slack = (kh - 1) * self.Wp + kw - 1  # the last shift reads this far past a run
         self.offsets = [u * self.Wp + v for u in range(kh) for v in range(kw)]  # of shift (u, v), row-major
 
-    def padded(self, x, top, left):
-        """x (N, C', h, w) embedded channel-major on the grid: (C', NL + slack)."""
-        y = _empty((x.shape[1], self.NL + self.slack), x.dtype)
-        _embed(_c(x), top, left, self.Wp, self.L, y)
-        return y
-
     def row_runs(self):
-        """[(r0, r1)]: runs of global output rows (row r = n*Hp + i), at most _RUN_COLS positions, at least
-        two per thread when there is enough work."""
+        """[(r0, r1)]: runs of grid rows (row r = n*Hp + i), at most _RUN_COLS positions, at least two per
+        thread when there is enough work."""
         total = self.N * self.Hp
         rows = max(1, min(_RUN_COLS // self.Wp, -(-total // (2 * _threads()))))
         return [(r0, min(r0 + rows, total)) for r0 in range(0, total, rows)]
 
     def image_runs(self):
-        """Runs of whole images, as row runs: a run's shifted writes then stay inside its own images."""
+        """Runs of whole images, as row runs."""
         n = max(1, min(_RUN_COLS // self.L, -(-self.N // (2 * _threads()))))
         return [(n0 * self.Hp, min(n0 + n, self.N) * self.Hp) for n0 in range(0, self.N, n)]
 
@@ -421,44 +425,46 @@ def _weights_by_shift(w2, O, C, kh, kw):
 def _conv_forward_shifted(x, w2, kh, kw, ph, pw):
     G = _Grid(x.shape, kh, kw, ph, pw)
     O, C, it = w2.shape[0], G.C, x.itemsize
-    y = G.padded(x, ph, pw)
     ws = _weights_by_shift(w2, O, C, kh, kw)
-    full = _empty((O, G.NL), x.dtype)
-    gemm, ya, wa, fa, ld = _cblas[x.dtype], y.ctypes.data, ws.ctypes.data, full.ctypes.data, G.NL + G.slack
+    out = _empty((G.N, O, G.Ho * G.Wo), x.dtype)
+    out4 = out.reshape(G.N, O, G.Ho, G.Wo)
+    gemm, wa = _cblas[x.dtype], ws.ctypes.data
 
     def work(t, share):
-        for r0, r1 in share:
+        for r0, r1 in share:  # the run's padded input, its outputs, then the valid ones into out
             q0, cnt = r0 * G.Wp, (r1 - r0) * G.Wp
+            y = _scratch(t, "y", (C, cnt + G.slack), x.dtype)
+            _window(x, ph, pw, G.Hp, G.Wp, q0, y)
+            part = _scratch(t, "out", (O, cnt), x.dtype)
             for k, off in enumerate(G.offsets):
-                gemm(_ROW, _N, _N, O, cnt, C, 1.0, wa + k * O * C * it, C, ya + (q0 + off) * it, ld,
-                     1.0 if k else 0.0, fa + q0 * it, G.NL)
+                gemm(_ROW, _N, _N, O, cnt, C, 1.0, wa + k * O * C * it, C, y.ctypes.data + off * it,
+                     cnt + G.slack, 1.0 if k else 0.0, part.ctypes.data, cnt)
+            _extract_rows(part, r0, r1, G.Hp, G.Wp, 0, 0, out4)
 
     _run(G.row_runs(), work)
-    out = _empty((G.N, O, G.Ho * G.Wo), x.dtype)
-    _extract(full, 0, 0, G.Wp, G.L, out.reshape(G.N, O, G.Ho, G.Wo))
     return out
 
 
 def _conv_weight_grad_shifted(g, x, kh, kw, ph, pw):
     G = _Grid(x.shape, kh, kw, ph, pw)
     O, C, it = g.shape[1], G.C, x.itemsize
-    y = G.padded(x, ph, pw)
     g4 = _c(g).reshape(G.N, O, G.Ho, G.Wo)
-    gemm, ya, ld = _cblas[x.dtype], y.ctypes.data, G.NL + G.slack
+    gemm = _cblas[x.dtype]
     parts = {}
 
     def work(t, share):
         acc = parts[t] = np.zeros((len(G.offsets), C, O), x.dtype)  # dw transposed: (C, O) per shift
-        aa = acc.ctypes.data
         for r0, r1 in share:
+            q0, cnt = r0 * G.Wp, (r1 - r0) * G.Wp
+            y = _scratch(t, "y", (C, cnt + G.slack), x.dtype)
+            _window(x, ph, pw, G.Hp, G.Wp, q0, y)
             # g of these rows, transposed to (positions, O) (0 at junk positions): every GEMM below is then a
             # plain NN product, which OpenBLAS runs ~25% faster than the NT one.
-            q0, cnt = r0 * G.Wp, (r1 - r0) * G.Wp
             gt = _scratch(t, "gt", (cnt, O), x.dtype)
             _grad_rows_t(g4, r0, r1, G.Hp, G.Wp, gt)
             for k, off in enumerate(G.offsets):  # dw[:, :, u, v]^T += y[:, shifted] @ g^T
-                gemm(_ROW, _N, _N, C, O, cnt, 1.0, ya + (q0 + off) * it, ld, gt.ctypes.data, O, 1.0,
-                     aa + k * C * O * it, O)
+                gemm(_ROW, _N, _N, C, O, cnt, 1.0, y.ctypes.data + off * it, cnt + G.slack, gt.ctypes.data, O,
+                     1.0, acc.ctypes.data + k * C * O * it, O)
 
     _run(G.row_runs(), work)
     dw = parts.pop(0)
@@ -471,23 +477,26 @@ def _conv_input_grad_shifted(w2, g, x_shape, kh, kw, ph, pw):
     G = _Grid(x_shape, kh, kw, ph, pw)
     O, C, it = w2.shape[0], G.C, g.itemsize
     ws = _weights_by_shift(w2, O, C, kh, kw)
-    gf = G.padded(_c(g).reshape(G.N, O, G.Ho, G.Wo), 0, 0)  # g on the grid, 0 at junk positions
-    dy = _empty((C, G.NL + G.slack), g.dtype)  # the gradient of y (the padded input)
-    gemm, wa, ga, da, ld = _cblas[g.dtype], ws.ctypes.data, gf.ctypes.data, dy.ctypes.data, G.NL + G.slack
+    g4 = _c(g).reshape(G.N, O, G.Ho, G.Wo)
+    dx = _empty(x_shape, g.dtype)
+    gemm, wa = _cblas[g.dtype], ws.ctypes.data
 
     def work(t, share):
         for r0, r1 in share:
-            # A run of whole images; its last `slack` positions are junk, so leaving them out keeps every
-            # shifted write inside the run's own images (no two threads write the same element).
-            q0, cnt = r0 * G.Wp, (r1 - r0) * G.Wp - G.slack
-            dy[:, q0:r1 * G.Wp] = 0
+            # A run of whole images: every shifted write of its outputs stays inside its own images' grid
+            # (leaving out the last `slack` positions, which are junk), so the run's gradient of the padded
+            # input is complete in the thread's scratch.
+            q0, n = r0 * G.Wp, (r1 - r0) * G.Wp
+            gr = _scratch(t, "g", (O, n), g.dtype)
+            _window(g4, 0, 0, G.Hp, G.Wp, q0, gr)  # g on the grid, 0 at junk positions
+            dy = _scratch(t, "dy", (C, n), g.dtype)
+            dy[:] = 0
             for k, off in enumerate(G.offsets):  # dy[:, shifted] += w[:, :, u, v]^T @ g
-                gemm(_ROW, _T, _N, C, cnt, O, 1.0, wa + k * O * C * it, C, ga + q0 * it, ld, 1.0,
-                     da + (q0 + off) * it, ld)
+                gemm(_ROW, _T, _N, C, n - G.slack, O, 1.0, wa + k * O * C * it, C, gr.ctypes.data, n, 1.0,
+                     dy.ctypes.data + off * it, n)
+            _extract_rows(dy, r0, r1, G.Hp, G.Wp, ph, pw, dx)
 
     _run(G.image_runs(), work)
-    dx = _empty(x_shape, g.dtype)
-    _extract(dy, ph, pw, G.Wp, G.L, dx)
     return dx
 
 
