@@ -295,16 +295,17 @@ def _run(bands, work, whole_images=False):
             _set_blas_threads(before)
 
 
-# Shifted GEMMs (stride 1, enough channels): no columns at all. The input is zero-padded to Hp x Wp and laid
-# out channel-major, y[c, n*L + r*Wp + s] with L = Hp*Wp (the images one after the other in each channel's row).
-# An output at q = n*L + i*Wp + j reads its window (u, v) at y[c, q + u*Wp + v], so for every shift (u, v)
-#     full[:, q] += w[:, :, u, v] @ y[:, q + u*Wp + v]         (O x C) @ (C x positions)
-# is ONE GEMM over a whole run of positions -- several images at once -- with its B operand read in place
-# (leading dimension = the row length of y). Positions with j >= Wo or i >= Ho are junk (windows that wrap
-# into the next row or image); the output is cut out of `full` afterwards, and the padded gradients are zero
-# there, so the backward GEMMs ignore them. The GEMMs call the CBLAS inside NumPy's OpenBLAS directly
-# (ctypes): it takes leading dimensions and accumulates (beta = 1). Runs of _RUN_COLS positions at most are
-# spread over the worker threads.
+# Shifted GEMMs (stride 1, enough channels): no columns at all. Number the positions of the zero-padded inputs
+# (Hp x Wp each, one after the other) q = n*L + r*Wp + s, L = Hp*Wp, and put output (i, j) of image n at
+# q = n*L + i*Wp + j too: its window (u, v) then starts at q + u*Wp + v. So for every shift (u, v)
+#     out[:, q] += w[:, :, u, v] @ y[:, q + u*Wp + v]         (O x C) @ (C x positions)
+# is ONE GEMM over a whole run of positions -- rows of several images at once -- whose B operand is the run's
+# padded input read at an offset (leading dimension = the run's length). Positions with j >= Wo or i >= Ho are
+# junk (windows that wrap into the next row or image): the valid outputs are cut out afterwards, and the
+# gradients are 0 there, so the backward GEMMs ignore them. Each worker thread builds a run's padded input
+# (and gradient) in its own scratch (~1 MB, in cache for the GEMMs) -- nothing grid-sized is ever allocated.
+# The GEMMs call the CBLAS inside NumPy's OpenBLAS directly (ctypes): it takes leading dimensions and
+# accumulates (beta = 1). Runs hold at most _RUN_COLS positions.
 _SHIFTED_MIN_CHANNELS = 8  # below this the GEMMs' inner dimension (C) is too short to pay
 _RUN_COLS = 4096
 
