@@ -211,14 +211,21 @@ def _col2im_image(cols, kh, kw, sh, sw, ph, pw, i0, i1, Wo, dx):
 # sets it and returns the old value), so it is 1 only while the workers run and restored at once. Without that
 # function (another BLAS), or with one thread, the bands run one after the other on the calling thread and
 # each GEMM uses the BLAS's own threads.
-def _find_blas_thread_setter():
+def _openblas_libs():
+    """The OpenBLAS libraries shipped inside NumPy's wheel (Linux, macOS), loaded with ctypes."""
     here = os.path.dirname(np.__file__)
     for pattern in ("../numpy.libs/*openblas*", ".dylibs/*openblas*"):
         for path in glob.glob(os.path.join(here, pattern)):
             try:
-                fn = ctypes.CDLL(path).openblas_set_num_threads_local
-            except (OSError, AttributeError):
+                yield ctypes.CDLL(path)
+            except OSError:
                 continue
+
+
+def _find_blas_thread_setter():
+    for lib in _openblas_libs():
+        fn = getattr(lib, "openblas_set_num_threads_local", None)
+        if fn is not None:
             fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
             return fn
     return None
@@ -243,6 +250,14 @@ def _gemm_pool():
 
 def _threads() -> int:
     return numba.get_num_threads() if _set_blas_threads is not None else 1
+
+
+def _sum_parts(parts: dict):
+    """The sum of the worker threads' partial results {thread: array} (the weight gradients' sum over images)."""
+    total = parts.pop(0)
+    for p in parts.values():
+        total += p
+    return total
 
 
 def _scratch(t, name, shape, dtype):
@@ -311,27 +326,21 @@ _RUN_COLS = 4096
 
 
 def _find_cblas():
-    here = os.path.dirname(np.__file__)
-    for pattern in ("../numpy.libs/*openblas*", ".dylibs/*openblas*"):
-        for path in glob.glob(os.path.join(here, pattern)):
-            for prefix, suffix, integer in (("scipy_cblas_", "64_", ctypes.c_int64), ("cblas_", "64_", ctypes.c_int64),
-                                            ("cblas_", "", ctypes.c_int)):
-                try:
-                    lib = ctypes.CDLL(path)
-                    fns = {np.dtype(np.float32): (getattr(lib, f"{prefix}sgemm{suffix}"), ctypes.c_float),
-                           np.dtype(np.float64): (getattr(lib, f"{prefix}dgemm{suffix}"), ctypes.c_double)}
-                except (OSError, AttributeError):
-                    continue
-                for fn, real in fns.values():
-                    fn.restype = None
-                    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, integer, integer, integer, real,
-                                   ctypes.c_void_p, integer, ctypes.c_void_p, integer, real, ctypes.c_void_p, integer]
-                return {dt: fn for dt, (fn, _) in fns.items()}
+    """{dtype: cblas_?gemm} from NumPy's OpenBLAS (its symbols carry a prefix/suffix in NumPy's builds)."""
+    for lib in _openblas_libs():
+        for prefix, suffix, integer in (("scipy_cblas_", "64_", ctypes.c_int64), ("cblas_", "64_", ctypes.c_int64),
+                                        ("cblas_", "", ctypes.c_int)):
+            try:
+                fns = {np.dtype(np.float32): (getattr(lib, f"{prefix}sgemm{suffix}"), ctypes.c_float),
+                       np.dtype(np.float64): (getattr(lib, f"{prefix}dgemm{suffix}"), ctypes.c_double)}
+            except AttributeError:
+                continue
+            for fn, real in fns.values():
+                fn.restype = None
+                fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, integer, integer, integer, real,
+                               ctypes.c_void_p, integer, ctypes.c_void_p, integer, real, ctypes.c_void_p, integer]
+            return {dt: fn for dt, (fn, _) in fns.items()}
     return None
-
-
-_cblas = _find_cblas()
-_ROW, _N, _T = 101, 111, 112  # CblasRowMajor, CblasNoTrans, CblasTrans
 
 
 _cblas = _find_cblas()
@@ -398,7 +407,6 @@ class _Grid:
 
     def __init__(self, x_shape, kh, kw, ph, pw):
         self.N, self.C, H, W = x_shape
-        self.kh, self.kw, self.ph, self.pw = kh, kw, ph, pw
         self.Hp, self.Wp = H + 2 * ph, W + 2 * pw
         self.Ho, self.Wo = self.Hp - kh + 1, self.Wp - kw + 1
         self.L = self.Hp * self.Wp
@@ -468,9 +476,7 @@ def _conv_weight_grad_shifted(g, x, kh, kw, ph, pw):
                      1.0, acc.ctypes.data + k * C * O * it, O)
 
     _run(G.row_runs(), work)
-    dw = parts.pop(0)
-    for p in parts.values():
-        dw += p
+    dw = _sum_parts(parts)
     return np.ascontiguousarray(dw.reshape(kh, kw, C, O).transpose(3, 2, 0, 1)).reshape(O, C * kh * kw)
 
 
@@ -487,14 +493,14 @@ def _conv_input_grad_shifted(w2, g, x_shape, kh, kw, ph, pw):
             # A run of whole images: every shifted write of its outputs stays inside its own images' grid
             # (leaving out the last `slack` positions, which are junk), so the run's gradient of the padded
             # input is complete in the thread's scratch.
-            q0, n = r0 * G.Wp, (r1 - r0) * G.Wp
-            gr = _scratch(t, "g", (O, n), g.dtype)
+            q0, span = r0 * G.Wp, (r1 - r0) * G.Wp
+            gr = _scratch(t, "g", (O, span), g.dtype)
             _window(g4, 0, 0, G.Hp, G.Wp, q0, gr)  # g on the grid, 0 at junk positions
-            dy = _scratch(t, "dy", (C, n), g.dtype)
+            dy = _scratch(t, "dy", (C, span), g.dtype)
             dy[:] = 0
             for k, off in enumerate(G.offsets):  # dy[:, shifted] += w[:, :, u, v]^T @ g
-                gemm(_ROW, _T, _N, C, n - G.slack, O, 1.0, wa + k * O * C * it, C, gr.ctypes.data, n, 1.0,
-                     dy.ctypes.data + off * it, n)
+                gemm(_ROW, _T, _N, C, span - G.slack, O, 1.0, wa + k * O * C * it, C, gr.ctypes.data, span, 1.0,
+                     dy.ctypes.data + off * it, span)
             _extract_rows(dy, r0, r1, G.Hp, G.Wp, ph, pw, dx)
 
     _run(G.image_runs(), work)
@@ -535,10 +541,7 @@ def conv_weight_grad(g, x, kh, kw, sh, sw, ph, pw):
             acc += np.matmul(g[n, :, i0 * Wo:i1 * Wo], cols.T, out=_scratch(t, "dw", (O, K), g.dtype))
 
     _run(_bands(N, Ho, K * Wo * x.itemsize), work)
-    dw = parts.pop(0)
-    for p in parts.values():
-        dw += p
-    return dw
+    return _sum_parts(parts)
 
 
 def conv_input_grad(w2, g, x_shape, kh, kw, sh, sw, ph, pw):
