@@ -233,6 +233,78 @@ def test_numba_shifted_gemm_convs(case, dt, monkeypatch):
 
 
 @pytest.mark.skipif("numba" not in OTHERS, reason="numba backend not importable")
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("run_cols", [40, 4096])
+def test_numba_shifted_convs_row_blocks_and_runs(dt, run_cols, monkeypatch):
+    """O = 16 output channels and C = 11 input channels (blocks of the kernel's rows and remainder blocks; a
+    weight gradient through the kernel's GEMM, as O is a multiple of a tile), on runs of 5 grid rows, which
+    start mid-image and span images (run_cols=40), or on runs of whole images (4096)."""
+    from minisr.backends import shifted_kernel as sk
+
+    nbe = get_backend("numba")
+    if nbe._cblas is None:
+        pytest.skip("no CBLAS found in NumPy's OpenBLAS")
+    monkeypatch.setattr(nbe, "_RUN_COLS", run_cols)
+    rng = np.random.default_rng(3)
+    geometry = (3, 3, 1, 1, 1, 1)
+    x, w2 = rng.standard_normal((3, 11, 7, 6)).astype(dt), rng.standard_normal((16, 11 * 9)).astype(dt)
+    g = rng.standard_normal((3, 16, 7 * 6)).astype(dt)
+    assert nbe._shifted(x, 11, 1, 1) and sk.gemm_vectors(16, dt) > 0
+    _assert_close(nbe.conv_forward(x, w2, *geometry), ref.conv_forward(x, w2, *geometry), dt, "forward")
+    _assert_close(nbe.conv_weight_grad(g, x, *geometry), ref.conv_weight_grad(g, x, *geometry), dt, "weight gradient")
+    _assert_close(nbe.conv_input_grad(w2, g, x.shape, *geometry), ref.conv_input_grad(w2, g, x.shape, *geometry), dt,
+                  "input gradient")
+
+
+@pytest.mark.skipif("numba" not in OTHERS, reason="numba backend not importable")
+@pytest.mark.parametrize("dt", DTYPES)
+def test_shifted_kernel_definition_and_bounds(dt):
+    """The hand-written kernel computes out[m, n] = sum_k sum_c A[k, m, c] B[c, n + offs[k]] (and, as a plain
+    GEMM, out += A @ B with A a strided view), and refuses buffers it would read or write past."""
+    from minisr.backends import shifted_kernel as sk
+
+    rng = np.random.default_rng(5)
+    MB, TILE = sk.block_shape(dt)
+    M, K, ntiles, offs = 2 * MB + 3, 7, 3, np.array([0, 1, 5, 9], np.int64)
+    A = rng.standard_normal((len(offs), M, K)).astype(dt)
+    B = rng.standard_normal((K, ntiles * TILE + 9)).astype(dt)
+    out = np.full((M, ntiles * TILE), np.nan, dt)
+    sk.shifted_gemm(sk.pack(A, MB), B, offs, out, ntiles)
+    n = np.arange(ntiles * TILE)
+    _assert_close(out, sum(A[k] @ B[:, n + o] for k, o in enumerate(offs)), dt, "shifted kernel")
+    with pytest.raises(ValueError, match="out of bounds"):
+        sk.shifted_gemm(sk.pack(A, MB), B[:, :-1].copy(), offs, out, ntiles)
+
+    for N in (64, 32, 16):
+        wide = rng.standard_normal((17, 300)).astype(dt)
+        a, b, c = wide[:, 5:205], rng.standard_normal((200, N)).astype(dt), rng.standard_normal((17, N)).astype(dt)
+        assert sk.gemm_vectors(N, dt) > 0
+        got = c.copy()
+        sk.gemm(a, b, got, accumulate=True)
+        _assert_close(got, c + a @ b, dt, f"gemm N={N}, accumulate")
+        sk.gemm(a, b, got, accumulate=False)
+        _assert_close(got, a @ b, dt, f"gemm N={N}")
+    assert sk.gemm_vectors(3, dt) == 0
+    with pytest.raises(ValueError, match="out of bounds"):
+        sk.gemm(a, b, got[:, :-1].copy(), accumulate=False)
+
+
+@pytest.mark.skipif("numba" not in OTHERS, reason="numba backend not importable")
+def test_shifted_kernel_avx2_build(monkeypatch):
+    """The kernel built for an AVX2 machine (16 registers of 32 bytes: other block shapes) is right too: this
+    AVX-512 (or AVX2) machine runs that code as well."""
+    from minisr.backends import shifted_kernel as sk
+
+    sk._machine()  # (initialises LLVM's native target)
+    monkeypatch.setattr(sk, "_state", {"cpu": ("haswell", ""), "simd": (32, 16)})
+    monkeypatch.setattr(sk, "_kernels", {})
+    assert sk.block_shape(np.float32) == (4, 24) and sk.block_shape(np.float32, 2) == (6, 16)
+    test_shifted_kernel_definition_and_bounds(np.float32)
+    test_shifted_kernel_definition_and_bounds(np.float64)
+    assert all(key[0] <= 6 for key in sk._kernels)  # the AVX2 shapes were the ones used
+
+
+@pytest.mark.skipif("numba" not in OTHERS, reason="numba backend not importable")
 def test_numba_workspace_reuses_only_idle_buffers():
     """A cached buffer is handed out again only when no array made from it is alive."""
     nbe = get_backend("numba")

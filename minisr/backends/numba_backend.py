@@ -1,8 +1,10 @@
 """Numba CPU kernels: the same signatures as :mod:`numpy_backend`, as parallel loops (``prange``) compiled
-once and cached on disk (``cache=True``). The conv GEMMs are NumPy's BLAS, run image by image (or band by band)
-on worker threads, each making its own im2col columns just before its GEMM (see "conv GEMMs" below), and big
-arrays come from a workspace cache (see "workspace"; ``empty_cache()`` releases it). Set
-``NUMBA_DISABLE_JIT=1`` to step through a kernel as plain Python.
+once and cached on disk (``cache=True``). Stride-1 convolutions with >= 8 channels run as "shifted GEMMs" on
+the padded input, through the one hand-written kernel (:mod:`shifted_kernel`, LLVM IR through llvmlite); the
+others as im2col + NumPy's BLAS, image by image (or band by band) on worker threads, each making its own
+columns just before its GEMM (see "conv GEMMs" below). Big arrays come from a workspace cache (see
+"workspace"; ``empty_cache()`` releases it). Set ``NUMBA_DISABLE_JIT=1`` to step through a kernel as plain
+Python.
 
 Layout and parallelism: every loop nest is parallel over its outermost independent axis (images x channels
 for im2col/col2im, flat elements for elementwise kernels), so no two threads write the same element: col2im
@@ -23,6 +25,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import numpy_backend as _reference
+from . import shifted_kernel
 from .numpy_backend import out_size
 
 # (OMP_WAIT_POLICY=PASSIVE for Numba's OpenMP threads is set when minisr is imported: see
@@ -304,7 +307,11 @@ def _run(bands, work, whole_images=False):
     with _batch_lock:  # one batch at a time: the BLAS thread count is shared
         before = _set_blas_threads(1)
         try:
-            for f in [_gemm_pool().submit(share, t) for t in range(T)]:
+            # Share 0 runs on this thread: a pool thread that is slow to wake would otherwise leave both
+            # shares to the other one (measured: one call in three of a 6 ms conv took twice as long).
+            others = [_gemm_pool().submit(share, t) for t in range(1, T)]
+            share(0)
+            for f in others:
                 f.result()
         finally:
             _set_blas_threads(before)
@@ -312,16 +319,17 @@ def _run(bands, work, whole_images=False):
 
 # Shifted GEMMs (stride 1, enough channels): no columns at all. Number the positions of the zero-padded inputs
 # (Hp x Wp each, one after the other) q = n*L + r*Wp + s, L = Hp*Wp, and put output (i, j) of image n at
-# q = n*L + i*Wp + j too: its window (u, v) then starts at q + u*Wp + v. So for every shift (u, v)
-#     out[:, q] += w[:, :, u, v] @ y[:, q + u*Wp + v]         (O x C) @ (C x positions)
-# is ONE GEMM over a whole run of positions -- rows of several images at once -- whose B operand is the run's
-# padded input read at an offset (leading dimension = the run's length). Positions with j >= Wo or i >= Ho are
-# junk (windows that wrap into the next row or image): the valid outputs are cut out afterwards, and the
-# gradients are 0 there, so the backward GEMMs ignore them. Each worker thread builds a run's padded input
-# (and gradient) in its own scratch (~1 MB, in cache for the GEMMs) -- nothing grid-sized is ever allocated.
-# The GEMMs call the CBLAS inside NumPy's OpenBLAS directly (ctypes): it takes leading dimensions and
-# accumulates (beta = 1). Runs hold at most _RUN_COLS positions.
-_SHIFTED_MIN_CHANNELS = 8  # below this the GEMMs' inner dimension (C) is too short to pay
+# q = n*L + i*Wp + j too: its window (u, v) then starts at q + u*Wp + v. So
+#     out[:, q] = sum_(u, v) w[:, :, u, v] @ y[:, q + u*Wp + v]         (O x C) @ (C x positions)
+# over a whole run of positions -- rows of several images at once -- with y the run's padded input read at
+# an offset per tap. Positions with j >= Wo or i >= Ho are junk (windows that wrap into the next row or
+# image): the valid outputs are cut out afterwards, and the gradients are 0 there. The sum over taps is one
+# call of shifted_kernel.shifted_gemm (register-blocked: each output tile is summed over all taps and channels
+# in registers); the input gradient is the same kernel with w transposed and mirrored offsets; the weight
+# gradient one GEMM per tap, y[:, shifted] @ g^T (our kernel when O fits its tiles, else OpenBLAS's CBLAS
+# through ctypes). Each worker thread builds a run's padded input (and gradient) in its own scratch (~1 MB,
+# in cache for the kernels) -- nothing grid-sized is ever allocated. Runs hold at most _RUN_COLS positions.
+_SHIFTED_MIN_CHANNELS = 8  # below this the sums over channels are too short to pay
 _RUN_COLS = 4096
 
 
@@ -348,29 +356,33 @@ _ROW, _N, _T = 101, 111, 112  # CblasRowMajor, CblasNoTrans, CblasTrans
 
 
 def _shifted(x, C, sh, sw):
-    return _cblas is not None and sh == 1 and sw == 1 and C >= _SHIFTED_MIN_CHANNELS and x.dtype in _cblas
+    return (_cblas is not None and sh == 1 and sw == 1 and C >= _SHIFTED_MIN_CHANNELS and x.dtype in _cblas
+            and shifted_kernel.available())
 
 
 @njit(nogil=True, cache=True)
 def _window(x, top, left, Hp, Wp, q0, out):
     # out[c, k] = grid[c, q0 + k] for the grid position q = n*L + r*Wp + s (L = Hp*Wp) holding
-    # x[n, c, r - top, s - left] inside the image and 0 elsewhere (padding, junk, past the last image)
+    # x[n, c, r - top, s - left] inside the image and 0 elsewhere (padding, junk, before the first image or
+    # past the last): a grid row at a time, its image part copied as one slice per channel
     N, C, H, W = x.shape
     L, length = Hp * Wp, out.shape[1]
-    for c in range(C):
-        k = 0
-        while k < length:
-            q = q0 + k
-            n, rem = q // L, q % L
-            h, s = rem // Wp - top, rem % Wp
-            seg = min(Wp - s, length - k)  # to the end of this grid row
-            if n < N and 0 <= h < H:
-                for m in range(seg):
-                    w = s + m - left
-                    out[c, k + m] = x[n, c, h, w] if 0 <= w < W else 0
-            else:
-                out[c, k:k + seg] = 0
-            k += seg
+    k = 0
+    while k < length:
+        q = q0 + k
+        n, rem = q // L, q % L
+        h, s = rem // Wp - top, rem % Wp
+        seg = min(Wp - s, length - k)  # to the end of this grid row
+        lo, hi = 0, 0  # the part [lo, hi) of the segment inside the image
+        if 0 <= n < N and 0 <= h < H:
+            lo = min(max(0, left - s), seg)
+            hi = max(lo, min(seg, W + left - s))
+        for c in range(C):
+            out[c, k:k + lo] = 0
+            if hi > lo:
+                out[c, k + lo:k + hi] = x[n, c, h, s + lo - left:s + hi - left]
+            out[c, k + hi:k + seg] = 0
+        k += seg
 
 
 @njit(nogil=True, cache=True)
@@ -388,7 +400,9 @@ def _extract_rows(part, r0, r1, Hp, Wp, top, left, out):
 
 @njit(nogil=True, cache=True)
 def _grad_rows_t(g, r0, r1, Hp, Wp, gt):
-    # gt[(r - r0)*Wp + j, o] = g[n, o, i, j] for the grid rows r = n*Hp + i in [r0, r1); 0 at junk positions
+    # gt[(r - r0)*Wp + j, o] = g[n, o, i, j] for the grid rows r = n*Hp + i in [r0, r1); 0 at junk positions.
+    # (Reading g's rows in order and writing gt's columns measured 2-3x faster, between the GEMMs, than the
+    # other way round.)
     N, O, Ho, Wo = g.shape
     for r in range(r0, r1):
         n, i = r // Hp, r % Hp
@@ -396,9 +410,11 @@ def _grad_rows_t(g, r0, r1, Hp, Wp, gt):
         if i >= Ho:
             gt[base:base + Wp] = 0
             continue
-        for j in range(Wp):
-            for o in range(O):
-                gt[base + j, o] = g[n, o, i, j] if j < Wo else 0
+        gt[base + Wo:base + Wp] = 0
+        for o in range(O):
+            row = g[n, o, i]
+            for j in range(Wo):
+                gt[base + j, o] = row[j]
 
 
 class _Grid:
@@ -420,34 +436,23 @@ class _Grid:
         rows = max(1, min(_RUN_COLS // self.Wp, -(-total // (2 * _threads()))))
         return [(r0, min(r0 + rows, total)) for r0 in range(0, total, rows)]
 
-    def image_runs(self):
-        """Runs of whole images, as row runs."""
-        n = max(1, min(_RUN_COLS // self.L, -(-self.N // (2 * _threads()))))
-        return [(n0 * self.Hp, min(n0 + n, self.N) * self.Hp) for n0 in range(0, self.N, n)]
-
-
-def _weights_by_shift(w2, O, C, kh, kw):
-    """w[:, :, u, v] for every shift, each a contiguous (O, C) matrix: (kh, kw, O, C)."""
-    return np.ascontiguousarray(w2.reshape(O, C, kh, kw).transpose(2, 3, 0, 1))
-
 
 def _conv_forward_shifted(x, w2, kh, kw, ph, pw):
     G = _Grid(x.shape, kh, kw, ph, pw)
-    O, C, it = w2.shape[0], G.C, x.itemsize
-    ws = _weights_by_shift(w2, O, C, kh, kw)
+    O, C = w2.shape[0], G.C
+    MB, TILE = shifted_kernel.block_shape(x.dtype)
+    taps = shifted_kernel.pack(w2.reshape(O, C, kh * kw).transpose(2, 0, 1), MB)  # w[:, :, u, v] per shift
+    offsets = np.array(G.offsets, np.int64)
     out = _empty((G.N, O, G.Ho * G.Wo), x.dtype)
     out4 = out.reshape(G.N, O, G.Ho, G.Wo)
-    gemm, wa = _cblas[x.dtype], ws.ctypes.data
 
     def work(t, share):
         for r0, r1 in share:  # the run's padded input, its outputs, then the valid ones into out
-            q0, cnt = r0 * G.Wp, (r1 - r0) * G.Wp
-            y = _scratch(t, "y", (C, cnt + G.slack), x.dtype)
+            q0, tiles = r0 * G.Wp, -(-(r1 - r0) * G.Wp // TILE)
+            y = _scratch(t, "y", (C, tiles * TILE + G.slack), x.dtype)
             _window(x, ph, pw, G.Hp, G.Wp, q0, y)
-            part = _scratch(t, "out", (O, cnt), x.dtype)
-            for k, off in enumerate(G.offsets):
-                gemm(_ROW, _N, _N, O, cnt, C, 1.0, wa + k * O * C * it, C, y.ctypes.data + off * it,
-                     cnt + G.slack, 1.0 if k else 0.0, part.ctypes.data, cnt)
+            part = _scratch(t, "out", (O, tiles * TILE), x.dtype)
+            shifted_kernel.shifted_gemm(taps, y, offsets, part, tiles)  # part[:, q] = sum_k w_k @ y[:, q + offset_k]
             _extract_rows(part, r0, r1, G.Hp, G.Wp, 0, 0, out4)
 
     _run(G.row_runs(), work)
@@ -459,6 +464,7 @@ def _conv_weight_grad_shifted(g, x, kh, kw, ph, pw):
     O, C, it = g.shape[1], G.C, x.itemsize
     g4 = _c(g).reshape(G.N, O, G.Ho, G.Wo)
     gemm = _cblas[x.dtype]
+    own = shifted_kernel.gemm_vectors(O, x.dtype) > 0  # our kernel when its tiles fit O, else OpenBLAS
     parts = {}
 
     def work(t, share):
@@ -472,8 +478,11 @@ def _conv_weight_grad_shifted(g, x, kh, kw, ph, pw):
             gt = _scratch(t, "gt", (cnt, O), x.dtype)
             _grad_rows_t(g4, r0, r1, G.Hp, G.Wp, gt)
             for k, off in enumerate(G.offsets):  # dw[:, :, u, v]^T += y[:, shifted] @ g^T
-                gemm(_ROW, _N, _N, C, O, cnt, 1.0, y.ctypes.data + off * it, cnt + G.slack, gt.ctypes.data, O,
-                     1.0, acc.ctypes.data + k * C * O * it, O)
+                if own:
+                    shifted_kernel.gemm(y[:, off:off + cnt], gt, acc[k], accumulate=True)
+                else:
+                    gemm(_ROW, _N, _N, C, O, cnt, 1.0, y.ctypes.data + off * it, cnt + G.slack, gt.ctypes.data, O,
+                         1.0, acc.ctypes.data + k * C * O * it, O)
 
     _run(G.row_runs(), work)
     dw = _sum_parts(parts)
@@ -481,29 +490,27 @@ def _conv_weight_grad_shifted(g, x, kh, kw, ph, pw):
 
 
 def _conv_input_grad_shifted(w2, g, x_shape, kh, kw, ph, pw):
+    # The forward's adjoint, as a gather: position q of the padded input's gradient collects
+    #     dy[:, q] = sum_k w_k^T @ g[:, q - offset_k]
+    # so each run of grid rows reads g from `slack` positions before its start (0 before the first image).
     G = _Grid(x_shape, kh, kw, ph, pw)
-    O, C, it = w2.shape[0], G.C, g.itemsize
-    ws = _weights_by_shift(w2, O, C, kh, kw)
+    O, C = w2.shape[0], G.C
+    MB, TILE = shifted_kernel.block_shape(g.dtype)
+    taps = shifted_kernel.pack(w2.reshape(O, C, kh * kw).transpose(2, 1, 0), MB)  # w[:, :, u, v]^T per shift
+    offsets = np.array([G.slack - off for off in G.offsets], np.int64)
     g4 = _c(g).reshape(G.N, O, G.Ho, G.Wo)
     dx = _empty(x_shape, g.dtype)
-    gemm, wa = _cblas[g.dtype], ws.ctypes.data
 
     def work(t, share):
         for r0, r1 in share:
-            # A run of whole images: every shifted write of its outputs stays inside its own images' grid
-            # (leaving out the last `slack` positions, which are junk), so the run's gradient of the padded
-            # input is complete in the thread's scratch.
-            q0, span = r0 * G.Wp, (r1 - r0) * G.Wp
-            gr = _scratch(t, "g", (O, span), g.dtype)
-            _window(g4, 0, 0, G.Hp, G.Wp, q0, gr)  # g on the grid, 0 at junk positions
-            dy = _scratch(t, "dy", (C, span), g.dtype)
-            dy[:] = 0
-            for k, off in enumerate(G.offsets):  # dy[:, shifted] += w[:, :, u, v]^T @ g
-                gemm(_ROW, _T, _N, C, span - G.slack, O, 1.0, wa + k * O * C * it, C, gr.ctypes.data, span, 1.0,
-                     dy.ctypes.data + off * it, span)
+            q0, tiles = r0 * G.Wp, -(-(r1 - r0) * G.Wp // TILE)
+            gr = _scratch(t, "g", (O, G.slack + tiles * TILE), g.dtype)
+            _window(g4, 0, 0, G.Hp, G.Wp, q0 - G.slack, gr)  # g on the grid, 0 at junk positions
+            dy = _scratch(t, "dy", (C, tiles * TILE), g.dtype)
+            shifted_kernel.shifted_gemm(taps, gr, offsets, dy, tiles)
             _extract_rows(dy, r0, r1, G.Hp, G.Wp, ph, pw, dx)
 
-    _run(G.image_runs(), work)
+    _run(G.row_runs(), work)
     return dx
 
 
@@ -583,7 +590,7 @@ def bias_add(y, b):
     return y
 
 
-@njit(**_jit)
+@njit(fastmath={"reassoc"}, **_jit)  # (reassociation lets LLVM vectorise the sum: ~5x faster)
 def _bias_grad(g, db):
     N, O, P = g.shape
     for o in prange(O):
@@ -673,14 +680,14 @@ def _shuffle(x, r, y, forward):
 
 def pixel_shuffle_forward(x, r):
     N, Crr, H, W = x.shape
-    y = np.empty((N, Crr // (r * r), H * r, W * r), dtype=x.dtype)
+    y = _empty((N, Crr // (r * r), H * r, W * r), x.dtype)
     _shuffle(_c(x), r, y, True)
     return y
 
 
 def pixel_shuffle_backward(g, r):
     N, C, Hr, Wr = g.shape
-    dx = np.empty((N, C * r * r, Hr // r, Wr // r), dtype=g.dtype)
+    dx = _empty((N, C * r * r, Hr // r, Wr // r), g.dtype)
     _shuffle(dx, r, _c(g), False)
     return dx
 
