@@ -216,8 +216,6 @@ def test_numba_shifted_gemm_convs(case, dt, monkeypatch):
     """Stride-1 convs with enough channels run as shifted GEMMs straight on the padded input (no im2col);
     forced onto every stride-1 geometry here, they must give the reference's output and both gradients."""
     nbe = get_backend("numba")
-    if nbe._cblas is None:
-        pytest.skip("no CBLAS found in NumPy's OpenBLAS")
     monkeypatch.setattr(nbe, "_SHIFTED_MIN_CHANNELS", 1)
     N, C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo = _geometry(case)
     rng = np.random.default_rng(7)
@@ -239,17 +237,13 @@ def test_numba_shifted_convs_row_blocks_and_runs(dt, run_cols, monkeypatch):
     """O = 16 output channels and C = 11 input channels (blocks of the kernel's rows and remainder blocks; a
     weight gradient through the kernel's GEMM, as O is a multiple of a tile), on runs of 5 grid rows, which
     start mid-image and span images (run_cols=40), or on runs of whole images (4096)."""
-    from minisr.backends import shifted_kernel as sk
-
     nbe = get_backend("numba")
-    if nbe._cblas is None:
-        pytest.skip("no CBLAS found in NumPy's OpenBLAS")
     monkeypatch.setattr(nbe, "_RUN_COLS", run_cols)
     rng = np.random.default_rng(3)
     geometry = (3, 3, 1, 1, 1, 1)
     x, w2 = rng.standard_normal((3, 11, 7, 6)).astype(dt), rng.standard_normal((16, 11 * 9)).astype(dt)
     g = rng.standard_normal((3, 16, 7 * 6)).astype(dt)
-    assert nbe._shifted(x, 11, 1, 1) and sk.gemm_vectors(16, dt) > 0
+    assert nbe._shifted(x, 11, 1, 1)
     _assert_close(nbe.conv_forward(x, w2, *geometry), ref.conv_forward(x, w2, *geometry), dt, "forward")
     _assert_close(nbe.conv_weight_grad(g, x, *geometry), ref.conv_weight_grad(g, x, *geometry), dt, "weight gradient")
     _assert_close(nbe.conv_input_grad(w2, g, x.shape, *geometry), ref.conv_input_grad(w2, g, x.shape, *geometry), dt,
@@ -259,8 +253,9 @@ def test_numba_shifted_convs_row_blocks_and_runs(dt, run_cols, monkeypatch):
 @pytest.mark.skipif("numba" not in OTHERS, reason="numba backend not importable")
 @pytest.mark.parametrize("dt", DTYPES)
 def test_shifted_kernel_definition_and_bounds(dt):
-    """The hand-written kernel computes out[m, n] = sum_k sum_c A[k, m, c] B[c, n + offs[k]] (and, as a plain
-    GEMM, out += A @ B with A a strided view), and refuses buffers it would read or write past."""
+    """The hand-written kernels compute their definitions -- shifted_gemm: out[m, n] = sum_k sum_c A[k, m, c]
+    B[c, n + offs[k]]; gemm_nt: out[m, n] += sum_q A[m, q] B[boffs[n] + q], A a strided view -- with full and
+    remainder blocks, and refuse buffers they would read or write past."""
     from minisr.backends import shifted_kernel as sk
 
     rng = np.random.default_rng(5)
@@ -271,22 +266,22 @@ def test_shifted_kernel_definition_and_bounds(dt):
     out = np.full((M, ntiles * TILE), np.nan, dt)
     sk.shifted_gemm(sk.pack(A, MB), B, offs, out, ntiles)
     n = np.arange(ntiles * TILE)
-    _assert_close(out, sum(A[k] @ B[:, n + o] for k, o in enumerate(offs)), dt, "shifted kernel")
+    _assert_close(out, sum(A[k] @ B[:, n + o] for k, o in enumerate(offs)), dt, "shifted_gemm")
     with pytest.raises(ValueError, match="out of bounds"):
         sk.shifted_gemm(sk.pack(A, MB), B[:, :-1].copy(), offs, out, ntiles)
 
-    for N in (64, 32, 16):
-        wide = rng.standard_normal((17, 300)).astype(dt)
-        a, b, c = wide[:, 5:205], rng.standard_normal((200, N)).astype(dt), rng.standard_normal((17, N)).astype(dt)
-        assert sk.gemm_vectors(N, dt) > 0
-        got = c.copy()
-        sk.gemm(a, b, got, accumulate=True)
-        _assert_close(got, c + a @ b, dt, f"gemm N={N}, accumulate")
-        sk.gemm(a, b, got, accumulate=False)
-        _assert_close(got, a @ b, dt, f"gemm N={N}")
-    assert sk.gemm_vectors(3, dt) == 0
+    MB, NB, VW = sk.dot_shape(dt)
+    for M, N in [(2 * MB + 1, 3 * NB + 2), (1, 1), (MB, NB)]:
+        Q = 5 * VW
+        A = rng.standard_normal((M, Q + 7)).astype(dt)[:, 3:3 + Q]
+        B = rng.standard_normal(400).astype(dt)
+        boffs = rng.integers(0, B.size - Q + 1, N).astype(np.int64)
+        out = rng.standard_normal((M, N)).astype(dt)
+        want = out + A @ np.stack([B[o:o + Q] for o in boffs]).T
+        sk.gemm_nt(A, B, boffs, out)
+        _assert_close(out, want, dt, f"gemm_nt {M}x{N}")
     with pytest.raises(ValueError, match="out of bounds"):
-        sk.gemm(a, b, got[:, :-1].copy(), accumulate=False)
+        sk.gemm_nt(A, B, boffs + (B.size - Q + 1 - boffs.max()), out)
 
 
 @pytest.mark.skipif("numba" not in OTHERS, reason="numba backend not importable")
@@ -298,10 +293,10 @@ def test_shifted_kernel_avx2_build(monkeypatch):
     sk._machine()  # (initialises LLVM's native target)
     monkeypatch.setattr(sk, "_state", {"cpu": ("haswell", ""), "simd": (32, 16)})
     monkeypatch.setattr(sk, "_kernels", {})
-    assert sk.block_shape(np.float32) == (4, 24) and sk.block_shape(np.float32, 2) == (6, 16)
+    assert sk.block_shape(np.float32) == (4, 24) and sk.dot_shape(np.float32) == (3, 4, 8)
     test_shifted_kernel_definition_and_bounds(np.float32)
     test_shifted_kernel_definition_and_bounds(np.float64)
-    assert all(key[0] <= 6 for key in sk._kernels)  # the AVX2 shapes were the ones used
+    assert all(key[1] <= 4 for key in sk._kernels)  # the AVX2 shapes were the ones used
 
 
 @pytest.mark.skipif("numba" not in OTHERS, reason="numba backend not importable")

@@ -326,37 +326,15 @@ def _run(bands, work, whole_images=False):
 # image): the valid outputs are cut out afterwards, and the gradients are 0 there. The sum over taps is one
 # call of shifted_kernel.shifted_gemm (register-blocked: each output tile is summed over all taps and channels
 # in registers); the input gradient is the same kernel with w transposed and mirrored offsets; the weight
-# gradient one GEMM per tap, y[:, shifted] @ g^T (our kernel when O fits its tiles, else OpenBLAS's CBLAS
-# through ctypes). Each worker thread builds a run's padded input (and gradient) in its own scratch (~1 MB,
-# in cache for the kernels) -- nothing grid-sized is ever allocated. Runs hold at most _RUN_COLS positions.
+# gradient one dot-product GEMM of g against the shifted rows of y (shifted_kernel.gemm_nt). Each worker
+# thread builds a run's padded input (and gradient) in its own scratch (~1 MB, in cache for the kernels) --
+# nothing grid-sized is ever allocated. Runs hold at most _RUN_COLS positions.
 _SHIFTED_MIN_CHANNELS = 8  # below this the sums over channels are too short to pay
 _RUN_COLS = 4096
 
 
-def _find_cblas():
-    """{dtype: cblas_?gemm} from NumPy's OpenBLAS (its symbols carry a prefix/suffix in NumPy's builds)."""
-    for lib in _openblas_libs():
-        for prefix, suffix, integer in (("scipy_cblas_", "64_", ctypes.c_int64), ("cblas_", "64_", ctypes.c_int64),
-                                        ("cblas_", "", ctypes.c_int)):
-            try:
-                fns = {np.dtype(np.float32): (getattr(lib, f"{prefix}sgemm{suffix}"), ctypes.c_float),
-                       np.dtype(np.float64): (getattr(lib, f"{prefix}dgemm{suffix}"), ctypes.c_double)}
-            except AttributeError:
-                continue
-            for fn, real in fns.values():
-                fn.restype = None
-                fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, integer, integer, integer, real,
-                               ctypes.c_void_p, integer, ctypes.c_void_p, integer, real, ctypes.c_void_p, integer]
-            return {dt: fn for dt, (fn, _) in fns.items()}
-    return None
-
-
-_cblas = _find_cblas()
-_ROW, _N, _T = 101, 111, 112  # CblasRowMajor, CblasNoTrans, CblasTrans
-
-
 def _shifted(x, C, sh, sw):
-    return (_cblas is not None and sh == 1 and sw == 1 and C >= _SHIFTED_MIN_CHANNELS and x.dtype in _cblas
+    return (sh == 1 and sw == 1 and C >= _SHIFTED_MIN_CHANNELS and x.dtype in (np.float32, np.float64)
             and shifted_kernel.available())
 
 
@@ -396,25 +374,6 @@ def _extract_rows(part, r0, r1, Hp, Wp, top, left, out):
             for c in range(C):
                 for w in range(W):
                     out[n, c, h, w] = part[c, base + w]
-
-
-@njit(nogil=True, cache=True)
-def _grad_rows_t(g, r0, r1, Hp, Wp, gt):
-    # gt[(r - r0)*Wp + j, o] = g[n, o, i, j] for the grid rows r = n*Hp + i in [r0, r1); 0 at junk positions.
-    # (Reading g's rows in order and writing gt's columns measured 2-3x faster, between the GEMMs, than the
-    # other way round.)
-    N, O, Ho, Wo = g.shape
-    for r in range(r0, r1):
-        n, i = r // Hp, r % Hp
-        base = (r - r0) * Wp
-        if i >= Ho:
-            gt[base:base + Wp] = 0
-            continue
-        gt[base + Wo:base + Wp] = 0
-        for o in range(O):
-            row = g[n, o, i]
-            for j in range(Wo):
-                gt[base + j, o] = row[j]
 
 
 class _Grid:
@@ -460,33 +419,31 @@ def _conv_forward_shifted(x, w2, kh, kw, ph, pw):
 
 
 def _conv_weight_grad_shifted(g, x, kh, kw, ph, pw):
+    # dw[o, c, u, v] = sum_q g[o, q] * y[c, q + offset(u, v)] over the grid positions q of every run: per run
+    # ONE dot-product GEMM, g on the grid (O x positions) against the C * kh * kw rows of y starting at
+    # c * (row length) + offset(u, v) -- which come out in w's own (O, C, kh, kw) order.
     G = _Grid(x.shape, kh, kw, ph, pw)
-    O, C, it = g.shape[1], G.C, x.itemsize
+    O, C = g.shape[1], G.C
+    VW = shifted_kernel.dot_shape(x.dtype)[2]
     g4 = _c(g).reshape(G.N, O, G.Ho, G.Wo)
-    gemm = _cblas[x.dtype]
-    own = shifted_kernel.gemm_vectors(O, x.dtype) > 0  # our kernel when its tiles fit O, else OpenBLAS
+    offsets = np.array(G.offsets, np.int64)
     parts = {}
 
     def work(t, share):
-        acc = parts[t] = np.zeros((len(G.offsets), C, O), x.dtype)  # dw transposed: (C, O) per shift
+        acc = parts[t] = np.zeros((O, C * kh * kw), x.dtype)
         for r0, r1 in share:
             q0, cnt = r0 * G.Wp, (r1 - r0) * G.Wp
-            y = _scratch(t, "y", (C, cnt + G.slack), x.dtype)
+            span = -(-cnt // VW) * VW  # whole vectors: g is 0 past the run
+            y = _scratch(t, "y", (C, span + G.slack), x.dtype)
             _window(x, ph, pw, G.Hp, G.Wp, q0, y)
-            # g of these rows, transposed to (positions, O) (0 at junk positions): every GEMM below is then a
-            # plain NN product, which OpenBLAS runs ~25% faster than the NT one.
-            gt = _scratch(t, "gt", (cnt, O), x.dtype)
-            _grad_rows_t(g4, r0, r1, G.Hp, G.Wp, gt)
-            for k, off in enumerate(G.offsets):  # dw[:, :, u, v]^T += y[:, shifted] @ g^T
-                if own:
-                    shifted_kernel.gemm(y[:, off:off + cnt], gt, acc[k], accumulate=True)
-                else:
-                    gemm(_ROW, _N, _N, C, O, cnt, 1.0, y.ctypes.data + off * it, cnt + G.slack, gt.ctypes.data, O,
-                         1.0, acc.ctypes.data + k * C * O * it, O)
+            gr = _scratch(t, "g", (O, span), x.dtype)
+            _window(g4, 0, 0, G.Hp, G.Wp, q0, gr)  # g on the grid, 0 at junk positions
+            gr[:, cnt:] = 0
+            rows = (np.arange(C)[:, None] * y.shape[1] + offsets).reshape(-1)
+            shifted_kernel.gemm_nt(gr, y.reshape(-1), rows, acc)
 
     _run(G.row_runs(), work)
-    dw = _sum_parts(parts)
-    return np.ascontiguousarray(dw.reshape(kh, kw, C, O).transpose(3, 2, 0, 1)).reshape(O, C * kh * kw)
+    return _sum_parts(parts)
 
 
 def _conv_input_grad_shifted(w2, g, x_shape, kh, kw, ph, pw):
