@@ -300,6 +300,31 @@ def test_shifted_kernel_avx2_build(monkeypatch):
 
 
 @pytest.mark.skipif("numba" not in OTHERS, reason="numba backend not importable")
+def test_numba_workers_run_each_share_on_its_own_cpu():
+    """The conv worker threads: share t on worker t, each bound to its own CPU (when there are enough), a
+    worker's exception re-raised in the caller, and the workers still usable after it."""
+    import os
+    import threading
+
+    nbe = get_backend("numba")
+    workers = nbe._Workers(2)
+    seen = {}
+
+    def record(t):
+        cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+        seen[t] = (threading.current_thread().name, cpus)
+
+    workers.run([lambda: record(0), lambda: record(1)])
+    assert [seen[t][0] for t in (0, 1)] == ["minisr-conv-0", "minisr-conv-1"]
+    if hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) >= 2:
+        assert len(seen[0][1]) == len(seen[1][1]) == 1 and seen[0][1] != seen[1][1]
+    with pytest.raises(ZeroDivisionError):
+        workers.run([lambda: 1 / 0, lambda: None])
+    workers.run([lambda: record(2), lambda: record(3)])
+    assert 2 in seen and 3 in seen
+
+
+@pytest.mark.skipif("numba" not in OTHERS, reason="numba backend not importable")
 def test_numba_workspace_reuses_only_idle_buffers():
     """A cached buffer is handed out again only when no array made from it is alive."""
     nbe = get_backend("numba")

@@ -18,7 +18,6 @@ import glob
 import os
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
@@ -241,12 +240,53 @@ _BAND_BYTES = 4 << 20  # the most one band's columns take (a band is at least on
 _buffers: dict = {}  # (thread, name) -> the thread's scratch array, grown on demand
 
 
+class _Workers:
+    """One worker thread per share index t, each bound to its own CPU (as OpenMP's proc_bind does): a thread
+    that the scheduler wakes on a busy CPU would otherwise share it for milliseconds (measured: one call in
+    three of a 6 ms conv took twice as long)."""
+
+    def __init__(self, n):
+        import queue
+
+        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        self.queues = [queue.SimpleQueue() for _ in range(n)]
+        for t, q in enumerate(self.queues):
+            cpu = {cpus[t % len(cpus)]} if cpus else None
+            threading.Thread(target=self._loop, args=(q, cpu), name=f"minisr-conv-{t}", daemon=True).start()
+
+    @staticmethod
+    def _loop(q, cpu):
+        if cpu is not None:
+            try:
+                os.sched_setaffinity(0, cpu)  # (this thread only)
+            except OSError:
+                pass
+        while True:
+            fn, done, errors = q.get()
+            try:
+                fn()
+            except BaseException as e:  # noqa: BLE001 -- handed to the caller
+                errors.append(e)
+            finally:
+                done.release()
+
+    def run(self, fns):
+        """Run fns[t] on worker t, all at once; returns when all are done (re-raising the first error)."""
+        done, errors = threading.Semaphore(0), []
+        for q, fn in zip(self.queues, fns):
+            q.put((fn, done, errors))
+        for _ in fns:
+            done.acquire()
+        if errors:
+            raise errors[0]
+
+
 def _gemm_pool():
     """The worker threads (made on first use, and again in a forked child, which inherits no threads)."""
     global _pool, _pool_pid
     with _pool_lock:
         if _pool is None or _pool_pid != os.getpid():
-            _pool = ThreadPoolExecutor(numba.config.NUMBA_NUM_THREADS, thread_name_prefix="minisr-gemm")
+            _pool = _Workers(numba.config.NUMBA_NUM_THREADS)
             _pool_pid = os.getpid()
         return _pool
 
@@ -307,12 +347,7 @@ def _run(bands, work, whole_images=False):
     with _batch_lock:  # one batch at a time: the BLAS thread count is shared
         before = _set_blas_threads(1)
         try:
-            # Share 0 runs on this thread: a pool thread that is slow to wake would otherwise leave both
-            # shares to the other one (measured: one call in three of a 6 ms conv took twice as long).
-            others = [_gemm_pool().submit(share, t) for t in range(1, T)]
-            share(0)
-            for f in others:
-                f.result()
+            _gemm_pool().run([lambda t=t: share(t) for t in range(T)])
         finally:
             _set_blas_threads(before)
 
@@ -389,11 +424,13 @@ class _Grid:
         self.offsets = [u * self.Wp + v for u in range(kh) for v in range(kw)]  # of shift (u, v), row-major
 
     def row_runs(self):
-        """[(r0, r1)]: runs of grid rows (row r = n*Hp + i), at most _RUN_COLS positions, at least two per
-        thread when there is enough work."""
-        total = self.N * self.Hp
-        rows = max(1, min(_RUN_COLS // self.Wp, -(-total // (2 * _threads()))))
-        return [(r0, min(r0 + rows, total)) for r0 in range(0, total, rows)]
+        """[(r0, r1)]: runs of grid rows (row r = n*Hp + i) of (nearly) equal length, at most _RUN_COLS
+        positions, a multiple of the thread count of them (at least two per thread when there are enough rows),
+        so that the threads' shares are equal."""
+        total, T = self.N * self.Hp, _threads()
+        runs = max(-(-total // max(1, _RUN_COLS // self.Wp)), 2 * T)
+        runs = min(total, -(-runs // T) * T)
+        return [(total * k // runs, total * (k + 1) // runs) for k in range(runs)]
 
 
 def _conv_forward_shifted(x, w2, kh, kw, ph, pw):
