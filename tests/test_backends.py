@@ -325,6 +325,21 @@ def test_numba_workers_run_each_share_on_its_own_cpu():
 
 
 @pytest.mark.skipif("numba" not in OTHERS, reason="numba backend not importable")
+def test_numba_conv_keeps_no_reference_to_its_output():
+    """Once the caller drops a conv's output, its workspace buffer is idle again (reused by the next call): no
+    worker thread may keep the call's closure -- and so the output -- alive while it waits."""
+    nbe = get_backend("numba")
+    x = np.random.default_rng(0).standard_normal((4, 16, 48, 48)).astype(np.float32)
+    w2 = np.random.default_rng(1).standard_normal((64, 16 * 9)).astype(np.float32)
+    nbe.empty_cache()
+    out = nbe.conv_forward(x, w2, 3, 3, 1, 1, 1, 1)
+    buffers = [e for e in nbe._cache if e[0].nbytes == out.nbytes]
+    assert buffers and not any(nbe._idle(e) for e in buffers)
+    del out
+    assert all(nbe._idle(e) for e in buffers)
+
+
+@pytest.mark.skipif("numba" not in OTHERS, reason="numba backend not importable")
 def test_numba_workspace_reuses_only_idle_buffers():
     """A cached buffer is handed out again only when no array made from it is alive."""
     nbe = get_backend("numba")

@@ -268,6 +268,7 @@ class _Workers:
             except BaseException as e:  # noqa: BLE001 -- handed to the caller
                 errors.append(e)
             finally:
+                fn = None  # (its closure refers to the call's arrays: keep none of them alive while waiting)
                 done.release()
 
     def run(self, fns):
