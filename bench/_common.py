@@ -166,15 +166,17 @@ def blas_core() -> str | None:
 
 def slow_blas_core_warning() -> str | None:
     """A warning when OpenBLAS runs AVX2 kernels on a CPU that has AVX-512 -- typically because
-    ``OPENBLAS_CORETYPE`` pins them (some machines set it for older OpenBLAS builds): minisr's GEMMs then run
-    at about half the speed this CPU allows, while PyTorch (oneDNN) uses AVX-512 anyway."""
+    ``OPENBLAS_CORETYPE`` pins them (some machines set it for older OpenBLAS builds): minisr's BLAS GEMMs (its
+    im2col convolutions) and the sgemm reference rate then run at about half the speed this CPU allows, while
+    PyTorch (oneDNN) and minisr's own shifted-conv kernels use AVX-512 anyway."""
     flags = set(_cpuinfo().get("flags", "").split())
     core = blas_core()
     if "avx512f" in flags and core in ("Haswell", "Zen", "Sandybridge"):
         pinned = os.environ.get("OPENBLAS_CORETYPE")
         return (f"OpenBLAS runs its {core} (AVX2) kernels on this AVX-512 CPU"
                 + (f" because OPENBLAS_CORETYPE={pinned} is set" if pinned else "")
-                + ": minisr's GEMMs get about half the speed the CPU allows. For a like-for-like comparison run "
+                + ": minisr's im2col convolutions and the sgemm rate (the % sgemm column) get about half the "
+                  "speed the CPU allows. For a like-for-like comparison run "
                   "`env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/compare.py ...`.")
     return None
 
