@@ -66,49 +66,89 @@ def block_shape(dtype) -> tuple[int, int]:
     return min(8, (regs - 1 - _NV) // _NV), _NV * vbytes // np.dtype(dtype).itemsize
 
 
-def _build(MB: int, NV: int, dtype):
-    """Compile kern(A, B, out, offs, nshift, K, ldb, ldo, ntiles, nmb) for blocks of MB rows and tiles of NV
-    vectors, A packed as ``pack`` does; returns it as a ctypes function (which releases the GIL)."""
-    import llvmlite.binding as llvm
-    import llvmlite.ir as ir
+class _Function:
+    """An LLVM function being written: void name(real *A, real *B, real *out, int64 *offsets, int64 ...),
+    with the few helpers both kernels need. ``compile()`` returns it as a ctypes function (which releases the
+    GIL while it runs)."""
 
-    cpu, features, vbytes, _ = _machine()
-    # (a target machine per kernel: the execution engine below takes ownership of it)
-    tm = llvm.Target.from_default_triple().create_target_machine(cpu=cpu, features=features, opt=3, jit=True)
-    it = np.dtype(dtype).itemsize
-    VW = vbytes // it
-    real = ir.FloatType() if it == 4 else ir.DoubleType()
-    vec, i64 = ir.VectorType(real, VW), ir.IntType(64)
-    mod = ir.Module(name="shifted_kernel")
-    mod.triple = llvm.get_process_triple()
-    ptr = real.as_pointer()
-    fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [ptr, ptr, ptr, i64.as_pointer()] + [i64] * 6), "kern")
-    A, B, OUT, OFFS, NSHIFT, K, LDB, LDO, NTILES, NMB = fn.args
-    for a in (A, B, OUT, OFFS):
-        a.add_attribute("noalias")
-    fma = ir.Function(mod, ir.FunctionType(vec, [vec] * 3), f"llvm.fmuladd.v{VW}f{8 * it}")
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
-    const = lambda v: ir.Constant(i64, v)  # noqa: E731
-    # The accumulators are stack slots here; LLVM's mem2reg/SROA turns them into registers.
-    acc = [[b.alloca(vec) for _ in range(NV)] for _ in range(MB)]
-    splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), VW), [0] * VW)
+    def __init__(self, name: str, dtype, n_ints: int, MB: int, NV: int):
+        import llvmlite.ir as ir
 
-    def loop(n, body):  # for (i = 0; i < n; i++) body(i)
+        self.ir, self.name, self.n_ints = ir, name, n_ints
+        self.it = np.dtype(dtype).itemsize
+        self.VW = _machine()[2] // self.it  # numbers per SIMD register
+        real = ir.FloatType() if self.it == 4 else ir.DoubleType()
+        self.vec, self.i64 = ir.VectorType(real, self.VW), ir.IntType(64)
+        self.module = ir.Module(name=name)
+        ptr = real.as_pointer()
+        self.fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [ptr, ptr, ptr, self.i64.as_pointer()]
+                                                           + [self.i64] * n_ints), name)
+        for a in self.fn.args[:4]:
+            a.add_attribute("noalias")
+        self.fma = ir.Function(self.module, ir.FunctionType(self.vec, [self.vec] * 3),
+                               f"llvm.fmuladd.v{self.VW}f{8 * self.it}")
+        self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
+        # MB x NV accumulators: stack slots here, which LLVM's mem2reg/SROA turns into registers
+        self.acc = [[self.b.alloca(self.vec) for _ in range(NV)] for _ in range(MB)]
+
+    def const(self, v):
+        return self.ir.Constant(self.i64, v)
+
+    def zero(self):
+        return self.ir.Constant(self.vec, [0.0] * self.VW)
+
+    def vector(self, base, index):
+        """The vector at base[index] (unaligned)."""
+        return self.b.load(self.vector_ptr(base, index), align=self.it)
+
+    def vector_ptr(self, base, index):
+        return self.b.bitcast(self.b.gep(base, [index]), self.vec.as_pointer())
+
+    def loop(self, n, body):
+        """for (i = 0; i < n; i++) body(i)"""
+        b = self.b
         before = b.block
-        head, inside, after = (fn.append_basic_block() for _ in range(3))
+        head, inside, after = (self.fn.append_basic_block() for _ in range(3))
         b.branch(head)
         b.position_at_end(head)
-        i = b.phi(i64)
-        i.add_incoming(const(0), before)
+        i = b.phi(self.i64)
+        i.add_incoming(self.const(0), before)
         b.cbranch(b.icmp_signed("<", i, n), inside, after)
         b.position_at_end(inside)
         body(i)
-        i.add_incoming(b.add(i, const(1)), b.block)
+        i.add_incoming(b.add(i, self.const(1)), b.block)
         b.branch(head)
         b.position_at_end(after)
 
-    def vector_at(base, index):
-        return b.bitcast(b.gep(base, [index]), vec.as_pointer())
+    def compile(self):
+        import llvmlite.binding as llvm
+
+        self.b.ret_void()
+        self.module.triple = llvm.get_process_triple()
+        cpu, features, _, _ = _machine()
+        # (a target machine per kernel: the execution engine below takes ownership of it)
+        tm = llvm.Target.from_default_triple().create_target_machine(cpu=cpu, features=features, opt=3, jit=True)
+        module = llvm.parse_assembly(str(self.module))
+        module.verify()
+        options = llvm.create_pipeline_tuning_options(3)
+        options.loop_vectorization = options.slp_vectorization = options.loop_unrolling = False  # it is vector code
+        passes = llvm.create_pass_builder(tm, options)
+        passes.getModulePassManager().run(module, passes)
+        engine = llvm.create_mcjit_compiler(module, tm)
+        engine.finalize_object()
+        P, I = ctypes.c_void_p, ctypes.c_int64
+        fn = ctypes.CFUNCTYPE(None, P, P, P, P, *[I] * self.n_ints)(engine.get_function_address(self.name))
+        fn.engine = engine  # (keeps the machine code alive)
+        return fn
+
+
+def _build(MB: int, NV: int, dtype):
+    """kern(A, B, out, offs, nshift, K, ldb, ldo, ntiles, nmb): ``shifted_gemm`` for blocks of MB rows and
+    tiles of NV vectors, A packed as ``pack`` does."""
+    f = _Function("kern", dtype, 6, MB, NV)
+    ir, b, acc, const, VW = f.ir, f.b, f.acc, f.const, f.VW
+    A, B, OUT, OFFS, NSHIFT, K, LDB, LDO, NTILES, NMB = f.fn.args
+    splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), VW), [0] * VW)
 
     def tile(t):
         n = b.mul(t, const(VW * NV))
@@ -116,7 +156,7 @@ def _build(MB: int, NV: int, dtype):
         def row_block(mb):
             for row in acc:
                 for a in row:
-                    b.store(ir.Constant(vec, [0.0] * VW), a)
+                    b.store(f.zero(), a)
             a_block = b.mul(mb, b.mul(b.mul(NSHIFT, K), const(MB)))  # A packed (nmb, nshift, K, MB)
 
             def tap(k):
@@ -125,89 +165,36 @@ def _build(MB: int, NV: int, dtype):
 
                 def step(c):
                     col = b.add(b.mul(c, LDB), nk)
-                    xs = [b.load(vector_at(B, b.add(col, const(v * VW))), align=it) for v in range(NV)]
+                    xs = [f.vector(B, b.add(col, const(v * VW))) for v in range(NV)]
                     a_at = b.add(a_tap, b.mul(c, const(MB)))
                     for i in range(MB):
                         s = b.load(b.gep(A, [b.add(a_at, const(i))]))
-                        s = b.insert_element(ir.Constant(vec, ir.Undefined), s, ir.Constant(ir.IntType(32), 0))
-                        s = b.shuffle_vector(s, ir.Constant(vec, ir.Undefined), splat_mask)
+                        s = b.insert_element(ir.Constant(f.vec, ir.Undefined), s, ir.Constant(ir.IntType(32), 0))
+                        s = b.shuffle_vector(s, ir.Constant(f.vec, ir.Undefined), splat_mask)
                         for v in range(NV):
-                            b.store(b.call(fma, [s, xs[v], b.load(acc[i][v])]), acc[i][v])
+                            b.store(b.call(f.fma, [s, xs[v], b.load(acc[i][v])]), acc[i][v])
 
-                loop(K, step)
+                f.loop(K, step)
 
-            loop(NSHIFT, tap)
+            f.loop(NSHIFT, tap)
             for i in range(MB):
                 row = b.add(b.mul(b.add(b.mul(mb, const(MB)), const(i)), LDO), n)
                 for v in range(NV):
-                    b.store(b.load(acc[i][v]), vector_at(OUT, b.add(row, const(v * VW))), align=it)
+                    b.store(b.load(acc[i][v]), f.vector_ptr(OUT, b.add(row, const(v * VW))), align=f.it)
 
-        loop(NMB, row_block)
+        f.loop(NMB, row_block)
 
-    loop(NTILES, tile)
-    b.ret_void()
-
-    return _compile(mod, tm, "kern", 10)
-
-
-def _compile(mod, tm, name: str, nargs: int):
-    """Optimise and compile the IR module for tm; its function `name` (4 pointers, then int64s) as a ctypes
-    function."""
-    import llvmlite.binding as llvm
-
-    module = llvm.parse_assembly(str(mod))
-    module.verify()
-    options = llvm.create_pipeline_tuning_options(3)
-    options.loop_vectorization = options.slp_vectorization = options.loop_unrolling = False  # it is vector code
-    passes = llvm.create_pass_builder(tm, options)
-    passes.getModulePassManager().run(module, passes)
-    engine = llvm.create_mcjit_compiler(module, tm)
-    engine.finalize_object()
-    P, I = ctypes.c_void_p, ctypes.c_int64
-    fn = ctypes.CFUNCTYPE(None, P, P, P, P, *[I] * (nargs - 4))(engine.get_function_address(name))
-    fn.engine = engine  # (keeps the machine code alive)
-    return fn
+    f.loop(NTILES, tile)
+    return f.compile()
 
 
 def _build_dot(MB: int, NB: int, dtype):
-    """Compile dot(A, B, out, boffs, lda, ldo, nq, nmb, nnb): for every block of MB rows of A and NB rows of
-    B (row n of B starts at B + boffs[n]),
-        out[m, n] += sum_q A[m*lda + q] * B[boffs[n] + q]          q < nq * VW
-    with MB*NB vector accumulators, summed across their lanes at the end."""
-    import llvmlite.binding as llvm
-    import llvmlite.ir as ir
-
-    cpu, features, vbytes, _ = _machine()
-    tm = llvm.Target.from_default_triple().create_target_machine(cpu=cpu, features=features, opt=3, jit=True)
-    it = np.dtype(dtype).itemsize
-    VW = vbytes // it
-    real = ir.FloatType() if it == 4 else ir.DoubleType()
-    vec, i64, i32 = ir.VectorType(real, VW), ir.IntType(64), ir.IntType(32)
-    mod = ir.Module(name="dot_kernel")
-    mod.triple = llvm.get_process_triple()
-    ptr = real.as_pointer()
-    fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [ptr, ptr, ptr, i64.as_pointer()] + [i64] * 5), "dot")
-    A, B, OUT, BOFFS, LDA, LDO, NQ, NMB, NNB = fn.args
-    for a in (A, B, OUT, BOFFS):
-        a.add_attribute("noalias")
-    fma = ir.Function(mod, ir.FunctionType(vec, [vec] * 3), f"llvm.fmuladd.v{VW}f{8 * it}")
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
-    const = lambda v: ir.Constant(i64, v)  # noqa: E731
-    acc = [[b.alloca(vec) for _ in range(NB)] for _ in range(MB)]
-
-    def loop(n, body):  # for (i = 0; i < n; i++) body(i)
-        before = b.block
-        head, inside, after = (fn.append_basic_block() for _ in range(3))
-        b.branch(head)
-        b.position_at_end(head)
-        i = b.phi(i64)
-        i.add_incoming(const(0), before)
-        b.cbranch(b.icmp_signed("<", i, n), inside, after)
-        b.position_at_end(inside)
-        body(i)
-        i.add_incoming(b.add(i, const(1)), b.block)
-        b.branch(head)
-        b.position_at_end(after)
+    """dot(A, B, out, boffs, lda, ldo, nq, nmb, nnb): ``gemm_nt`` for blocks of MB rows of A and NB rows of B
+    (row n of B starts at B + boffs[n]): out[m, n] += sum_q A[m*lda + q] * B[boffs[n] + q], q < nq * VW."""
+    f = _Function("dot", dtype, 5, MB, NB)
+    ir, b, acc, const, VW = f.ir, f.b, f.acc, f.const, f.VW
+    A, B, OUT, BOFFS, LDA, LDO, NQ, NMB, NNB = f.fn.args
+    i32 = ir.IntType(32)
 
     def lanes_sum(v):  # halve the vector until one lane is left
         width = VW
@@ -226,28 +213,27 @@ def _build_dot(MB: int, NB: int, dtype):
             b_rows = [b.load(b.gep(BOFFS, [b.add(b.mul(nb, const(NB)), const(j))])) for j in range(NB)]
             for row in acc:
                 for a in row:
-                    b.store(ir.Constant(vec, [0.0] * VW), a)
+                    b.store(f.zero(), a)
 
             def step(t):
                 q = b.mul(t, const(VW))
-                xs = [b.load(b.bitcast(b.gep(A, [b.add(r, q)]), vec.as_pointer()), align=it) for r in a_rows]
+                xs = [f.vector(A, b.add(r, q)) for r in a_rows]
                 for j in range(NB):
-                    y = b.load(b.bitcast(b.gep(B, [b.add(b_rows[j], q)]), vec.as_pointer()), align=it)
+                    y = f.vector(B, b.add(b_rows[j], q))
                     for i in range(MB):
-                        b.store(b.call(fma, [xs[i], y, b.load(acc[i][j])]), acc[i][j])
+                        b.store(b.call(f.fma, [xs[i], y, b.load(acc[i][j])]), acc[i][j])
 
-            loop(NQ, step)
+            f.loop(NQ, step)
             for i in range(MB):
                 row = b.mul(b.add(b.mul(mb, const(MB)), const(i)), LDO)
                 for j in range(NB):
                     at = b.gep(OUT, [b.add(row, b.add(b.mul(nb, const(NB)), const(j)))])
                     b.store(b.fadd(b.load(at), lanes_sum(b.load(acc[i][j]))), at)
 
-        loop(NNB, col_block)
+        f.loop(NNB, col_block)
 
-    loop(NMB, row_block)
-    b.ret_void()
-    return _compile(mod, tm, "dot", 9)
+    f.loop(NMB, row_block)
+    return f.compile()
 
 
 def available() -> bool:
