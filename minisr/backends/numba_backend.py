@@ -292,8 +292,10 @@ def _gemm_pool():
         return _pool
 
 
-def _threads() -> int:
-    return numba.get_num_threads() if _set_blas_threads is not None else 1
+def _threads(blas: bool = True) -> int:
+    """Worker threads for a conv: Numba's thread count; for work that calls BLAS, 1 when NumPy's BLAS thread
+    count cannot be set (not OpenBLAS): its own threads would then fight ours."""
+    return numba.get_num_threads() if (_set_blas_threads is not None or not blas) else 1
 
 
 def _sum_parts(parts: dict):
@@ -323,10 +325,10 @@ def _bands(N, Ho, row_bytes, whole_images=False):
     return [(n, i0, min(i0 + rows, Ho)) for n in range(N) for i0 in range(0, Ho, rows)]
 
 
-def _run(bands, work, whole_images=False):
-    """work(t, bands share) on T threads with single-threaded BLAS; shares are contiguous (whole images when
-    whole_images)."""
-    T = min(_threads(), len(bands))
+def _run(bands, work, whole_images=False, blas=True):
+    """work(t, bands share) on T threads (with single-threaded BLAS when the work calls BLAS); shares are
+    contiguous (whole images when whole_images)."""
+    T = min(_threads(blas), len(bands))
     if whole_images:
         T = min(T, bands[-1][0] + 1)
     if T < 2:
@@ -342,15 +344,17 @@ def _run(bands, work, whole_images=False):
         shares = [bands[cut[t]:cut[t + 1]] for t in range(T)]
 
     def share(t):
-        _set_blas_threads(1)  # (in case a future OpenBLAS makes the setting really thread-local)
+        if blas:
+            _set_blas_threads(1)  # (in case a future OpenBLAS makes the setting really thread-local)
         work(t, shares[t])
 
     with _batch_lock:  # one batch at a time: the BLAS thread count is shared
-        before = _set_blas_threads(1)
+        before = _set_blas_threads(1) if blas else None
         try:
             _gemm_pool().run([lambda t=t: share(t) for t in range(T)])
         finally:
-            _set_blas_threads(before)
+            if blas:
+                _set_blas_threads(before)
 
 
 # Shifted GEMMs (stride 1, enough channels): no columns at all. Number the positions of the zero-padded inputs
@@ -428,7 +432,7 @@ class _Grid:
         """[(r0, r1)]: runs of grid rows (row r = n*Hp + i) of (nearly) equal length, at most _RUN_COLS
         positions, a multiple of the thread count of them (at least two per thread when there are enough rows),
         so that the threads' shares are equal."""
-        total, T = self.N * self.Hp, _threads()
+        total, T = self.N * self.Hp, _threads(blas=False)
         runs = max(-(-total // max(1, _RUN_COLS // self.Wp)), 2 * T)
         runs = min(total, -(-runs // T) * T)
         return [(total * k // runs, total * (k + 1) // runs) for k in range(runs)]
@@ -452,7 +456,7 @@ def _conv_forward_shifted(x, w2, kh, kw, ph, pw):
             shifted_kernel.shifted_gemm(taps, y, offsets, part, tiles)  # part[:, q] = sum_k w_k @ y[:, q + offset_k]
             _extract_rows(part, r0, r1, G.Hp, G.Wp, 0, 0, out4)
 
-    _run(G.row_runs(), work)
+    _run(G.row_runs(), work, blas=False)  # (our kernels: no BLAS calls)
     return out
 
 
@@ -480,7 +484,7 @@ def _conv_weight_grad_shifted(g, x, kh, kw, ph, pw):
             rows = (np.arange(C)[:, None] * y.shape[1] + offsets).reshape(-1)
             shifted_kernel.gemm_nt(gr, y.reshape(-1), rows, acc)
 
-    _run(G.row_runs(), work)
+    _run(G.row_runs(), work, blas=False)  # (our kernels: no BLAS calls)
     return _sum_parts(parts)
 
 
@@ -505,7 +509,7 @@ def _conv_input_grad_shifted(w2, g, x_shape, kh, kw, ph, pw):
             shifted_kernel.shifted_gemm(taps, gr, offsets, dy, tiles)
             _extract_rows(dy, r0, r1, G.Hp, G.Wp, ph, pw, dx)
 
-    _run(G.row_runs(), work)
+    _run(G.row_runs(), work, blas=False)  # (our kernels: no BLAS calls)
     return dx
 
 

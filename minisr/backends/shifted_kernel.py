@@ -293,7 +293,7 @@ def shifted_gemm(blocks: list, B: np.ndarray, offs: np.ndarray, out: np.ndarray,
     """out[m, n] = sum_k sum_c A[k, m, c] * B[c, n + offs[k]] for n < ntiles * TILE (TILE from
     ``block_shape(dtype)``), A as packed by ``pack(A, block_shape(dtype)[0])``. B and out are C-contiguous
     2-D arrays of A's dtype, and B holds every column read: B.shape[1] >= ntiles * TILE + max(offs)."""
-    MB, TILE = block_shape(B.dtype)
+    TILE = block_shape(B.dtype)[1]
     M = sum(packed.shape[0] * mb for _, mb, packed in blocks)
     _check(B.flags.c_contiguous and out.flags.c_contiguous and B.dtype == out.dtype == blocks[0][2].dtype
            and blocks[0][2].shape[2] == B.shape[0] and out.shape[0] >= M and out.shape[1] >= ntiles * TILE
