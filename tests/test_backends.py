@@ -303,6 +303,29 @@ def test_shifted_kernel_avx2_build(monkeypatch):
 
 
 @pytest.mark.skipif("numba" not in OTHERS, reason="numba backend not importable")
+def test_shifted_kernel_that_does_not_compile_falls_back_to_im2col(monkeypatch):
+    """Where LLVM cannot build the kernel (an llvmlite without the API it uses, say), convs warn once and run as
+    im2col + BLAS, with the same results."""
+    from minisr.backends import shifted_kernel as sk
+
+    nbe = get_backend("numba")
+
+    def broken(*args):
+        raise RuntimeError("no LLVM here")
+
+    monkeypatch.setattr(sk, "_state", {})
+    monkeypatch.setattr(sk, "_kernels", {})
+    monkeypatch.setattr(sk, "_build", broken)
+    x = np.random.default_rng(0).standard_normal((2, 8, 6, 5)).astype(np.float32)
+    w2 = np.random.default_rng(1).standard_normal((4, 8 * 9)).astype(np.float32)
+    with pytest.warns(RuntimeWarning, match="did not compile"):
+        assert not nbe._shifted(x, 8, 1, 1)
+    assert not nbe._shifted(x, 8, 1, 1)  # (decided once)
+    _assert_close(nbe.conv_forward(x, w2, 3, 3, 1, 1, 1, 1), ref.conv_forward(x, w2, 3, 3, 1, 1, 1, 1), np.float32,
+                  "im2col fallback")
+
+
+@pytest.mark.skipif("numba" not in OTHERS, reason="numba backend not importable")
 def test_numba_workers_run_each_share_on_its_own_cpu():
     """The conv worker threads: share t on worker t, each bound to its own CPU (when there are enough), a
     worker's exception re-raised in the caller, and the workers still usable after it."""

@@ -130,16 +130,31 @@ class _Function:
         tm = llvm.Target.from_default_triple().create_target_machine(cpu=cpu, features=features, opt=3, jit=True)
         module = llvm.parse_assembly(str(self.module))
         module.verify()
-        options = llvm.create_pipeline_tuning_options(3)
-        options.loop_vectorization = options.slp_vectorization = options.loop_unrolling = False  # it is vector code
-        passes = llvm.create_pass_builder(tm, options)
-        passes.getModulePassManager().run(module, passes)
+        _optimise(llvm, module, tm)
         engine = llvm.create_mcjit_compiler(module, tm)
         engine.finalize_object()
         P, I = ctypes.c_void_p, ctypes.c_int64
         fn = ctypes.CFUNCTYPE(None, P, P, P, P, *[I] * self.n_ints)(engine.get_function_address(self.name))
         fn.engine = engine  # (keeps the machine code alive)
         return fn
+
+
+def _optimise(llvm, module, tm) -> None:
+    """LLVM's -O3 pipeline, without its vectorisers and unroller (the code is vector code already): through the
+    new pass manager (llvmlite >= 0.44), or the legacy one of older llvmlite (untested here)."""
+    if hasattr(llvm, "create_pass_builder"):
+        options = llvm.create_pipeline_tuning_options()
+        options.speed_level = 3
+        options.loop_vectorization = options.slp_vectorization = options.loop_unrolling = False
+        passes = llvm.create_pass_builder(tm, options)
+        passes.getModulePassManager().run(module, passes)
+    else:
+        builder = llvm.create_pass_manager_builder()
+        builder.opt_level = 3
+        builder.loop_vectorize = builder.slp_vectorize = False
+        manager = llvm.create_module_pass_manager()
+        builder.populate(manager)
+        manager.run(module)
 
 
 def _build(MB: int, NV: int, dtype):
