@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import glob
 import os
+import queue
 import sys
 import threading
 
@@ -246,8 +247,6 @@ class _Workers:
     three of a 6 ms conv took twice as long)."""
 
     def __init__(self, n):
-        import queue
-
         cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
         self.queues = [queue.SimpleQueue() for _ in range(n)]
         for t, q in enumerate(self.queues):
@@ -282,8 +281,8 @@ class _Workers:
             raise errors[0]
 
 
-def _gemm_pool():
-    """The worker threads (made on first use, and again in a forked child, which inherits no threads)."""
+def _workers():
+    """The conv worker threads (made on first use, and again in a forked child, which inherits no threads)."""
     global _pool, _pool_pid
     with _pool_lock:
         if _pool is None or _pool_pid != os.getpid():
@@ -351,7 +350,7 @@ def _run(bands, work, whole_images=False, blas=True):
     with _batch_lock:  # one batch at a time: the BLAS thread count is shared
         before = _set_blas_threads(1) if blas else None
         try:
-            _gemm_pool().run([lambda t=t: share(t) for t in range(T)])
+            _workers().run([lambda t=t: share(t) for t in range(T)])
         finally:
             if blas:
                 _set_blas_threads(before)
@@ -424,7 +423,6 @@ class _Grid:
         self.N, self.C, H, W = x_shape
         self.Hp, self.Wp = H + 2 * ph, W + 2 * pw
         self.Ho, self.Wo = self.Hp - kh + 1, self.Wp - kw + 1
-        self.L = self.Hp * self.Wp
         self.slack = (kh - 1) * self.Wp + kw - 1  # the last shift reads this far past a run
         self.offsets = [u * self.Wp + v for u in range(kh) for v in range(kw)]  # of shift (u, v), row-major
 
