@@ -95,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output folder (or file name for one input)")
     p.add_argument("--model", required=True, help="'bicubic', a checkpoint path or a shipped name (e.g. srcnn-x3)")
     p.add_argument("--scale", type=int, default=None, help="upscaling factor (default: the model's)")
-    p.add_argument("--compare", default=None, help="HR image (or folder of HR images with the same names)")
+    p.add_argument("--compare", nargs="?", const="", default=None,
+                   help="HR image (or folder of HR images with the same names); for a video, no value: "
+                        "also write OUT_compare (bicubic | SR side by side), or the file name given")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--tile", type=int, default=192, help="tile size in input pixels (memory bound)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files (never the inputs)")
@@ -104,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from . import video  # videos (any FFmpeg container, through PyAV): minisr/video.py
+
+    if video.is_video_job(args):
+        return video.main(args)
+    if args.compare == "":
+        print("error: --compare needs an HR image (or folder) for images", file=sys.stderr)
+        return 2
     try:
         files = _inputs(args.inputs)
         scale = args.scale
