@@ -70,7 +70,10 @@ async function upscale(file) {
   urls = [beforeUrl, afterUrl];
   const after = $("after"), before = $("before");
   await new Promise((ok) => { after.onload = ok; after.src = afterUrl; });
-  before.width = after.naturalWidth; before.height = after.naturalHeight;
+  // shown at least 512 px wide (pixels as they are, no smoothing), at most the page's width
+  const shown = Math.min(900, Math.max(512, after.naturalWidth));
+  before.style.width = shown + "px";
+  before.style.height = Math.round(shown * after.naturalHeight / after.naturalWidth) + "px";
   before.src = beforeUrl;
   $("hint").hidden = true;
   $("viewer").hidden = false;
