@@ -155,6 +155,19 @@ def test_upload_over_the_byte_limit(client):
     assert r.status_code == 400 and "empty" in r.json()["detail"]
 
 
+@pytest.mark.parametrize("path", ["/upscale", "/picture"])
+def test_streamed_body_over_the_limit(client, path):
+    """No Content-Length (chunked): counted as it comes in, 413 (not FastAPI's 400 'error parsing the body')."""
+    def chunks():
+        json_head, form_head = b'{"DATA": "', b"--b\r\nContent-Disposition: form-data; name=file; filename=a\r\n\r\n"
+        yield json_head if path == "/picture" else form_head
+        for _ in range(40):
+            yield b"A" * 10_000
+    ctype = "application/json" if path == "/picture" else "multipart/form-data; boundary=b"
+    r = client.post(path, content=chunks(), headers={"Content-Type": ctype})
+    assert r.status_code == 413 and r.json() == {"detail": "request body is over the limit of 300000 bytes"}
+
+
 # ------------------------------------------------------------------------------------------ real uvicorn
 def free_port():
     with socket.socket() as s:

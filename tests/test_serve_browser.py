@@ -20,7 +20,6 @@ pytest.importorskip("fastapi")
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
-
 from test_serve import decode_png, free_port, get, upload, wait_until  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

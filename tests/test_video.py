@@ -162,3 +162,13 @@ def test_images_keep_working_and_compare_needs_hr(tmp_path, capsys):
     assert cli.main([str(img), "-o", str(tmp_path / "out"), "--model", "bicubic", "--scale", "2", "--compare"]) == 2
     assert "--compare needs an HR image" in capsys.readouterr().err
     assert cli.main([str(img), "-o", str(tmp_path / "out"), "--model", "bicubic", "--scale", "2"]) == 0
+
+
+def test_core_import_needs_neither_av_nor_fastapi():
+    import subprocess
+    import sys
+
+    code = ("import sys, minisr, minisr.upscale, minisr.video, minisr.serve; "
+            "print(sorted(m for m in ('av', 'fastapi', 'uvicorn', 'starlette') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -240,27 +240,39 @@ class Guard:
         if length is not None and length.isdigit() and int(length) > limit:
             return await _json(413, f"request body of {int(length)} bytes is over the limit of {limit} bytes")(
                 scope, receive, send)
-        seen, started = 0, False
+        seen, started, over = 0, False, False
+        too_large = _json(413, f"request body is over the limit of {limit} bytes")
 
         async def receive_counted():
-            nonlocal seen
+            nonlocal seen, over
+            if over:
+                raise _BodyTooLarge
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
+                    over = True
                     raise _BodyTooLarge
             return message
 
-        async def send_tracked(message):
+        async def send_checked(message):
+            # once the body went over the limit, whatever the app answers (FastAPI: 400, "error parsing the body")
+            # becomes the 413
             nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+            if message["type"] == "http.response.start":
+                if started:
+                    return
+                started = True
+                if over:
+                    return await too_large(scope, receive, send)
+            if not over:
+                await send(message)
 
         try:
-            await self.app(scope, receive_counted, send_tracked)
+            await self.app(scope, receive_counted, send_checked)
         except _BodyTooLarge:
             if not started:
-                await _json(413, f"request body is over the limit of {limit} bytes")(scope, receive, send)
+                await too_large(scope, receive, send)
 
 
 # ------------------------------------------------------------------------------------------------ app
