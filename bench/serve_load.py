@@ -170,7 +170,7 @@ def main(argv=None) -> int:
     per_size = {s: np.array([r["seconds"] for r in results if r["status"] == 200 and r["size"] == s])
                 for s in args.sizes}
     lines = [
-        f"server: `{' '.join(cmd[1:3])} --models {' '.join(args.models)} --workers {args.workers} "
+        f"server: `python {' '.join(cmd[1:3])} --models {' '.join(args.models)} --workers {args.workers} "
         f"--queue {args.queue}`; {args.clients} clients x {args.requests} requests x {args.rounds} rounds, "
         f"sizes {args.sizes} px in turn, models in turn",
         "",
