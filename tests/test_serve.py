@@ -218,7 +218,7 @@ def wait_until(pred, timeout=60.0, step=0.1, what="condition"):
 
 @pytest.fixture
 def gated_server():
-    """uvicorn in a thread on 127.0.0.1 with one worker, no queue, and a model that waits for ``gate``."""
+    """uvicorn in a thread on 127.0.0.1 with one worker and a queue of one, and a model that waits for ``gate``."""
     import uvicorn
 
     gate, entered = threading.Event(), threading.Event()
@@ -228,7 +228,7 @@ def gated_server():
         gate.wait(30)
         return imresize(lr, 2)
 
-    app = create_app(Settings(models=("bicubic",), workers=1, queue=0, retry_after=7),
+    app = create_app(Settings(models=("bicubic",), workers=1, queue=1, retry_after=7),
                      extra_upscalers={"slow": {2: slow}})
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -243,28 +243,58 @@ def gated_server():
     assert not thread.is_alive()
 
 
+def picture_json(data, model):
+    return json.dumps({"DATA": b64(data), "MODEL": model, "FILENAME": "a.png"}).encode()
+
+
+def in_thread(fn):
+    out = {}
+    t = threading.Thread(target=lambda: out.update(r=fn()))
+    t.start()
+    return t, out
+
+
 def test_full_queue_answers_503_at_once(gated_server):
     url, gate, entered = gated_server
     data = png_bytes(image(16, 16))
-    first = {}
-    t = threading.Thread(target=lambda: first.update(r=post(url + "/picture", json.dumps(
-        {"DATA": b64(data), "MODEL": "slow", "FILENAME": "a.png"}).encode(), {"Content-Type": "application/json"})))
-    t.start()
+    json_type = {"Content-Type": "application/json"}
+    ta, a = in_thread(lambda: post(url + "/picture", picture_json(data, "slow"), json_type))
     assert entered.wait(30), "the first job never started"
-    status, headers, body = post(url + "/picture", json.dumps({"DATA": b64(data), "MODEL": "bicubic",
-                                                               "FILENAME": "b.png"}).encode(),
-                                 {"Content-Type": "application/json"}, timeout=10)
+    tb, b = in_thread(lambda: post(url + "/picture", picture_json(data, "bicubic"), json_type))
+    wait_until(lambda: get(url + "/health")["jobs"]["queued"] == 1, 30, what="the second job to queue")
+    status, headers, body = post(url + "/picture", picture_json(data, "bicubic"), json_type, timeout=10)
     assert status == 503 and headers["Retry-After"] == "7" and "busy" in json.loads(body)["detail"]
-    body, ctype = multipart("c.png", data, {"model": "bicubic"})
-    status, headers, _ = post(url + "/upscale", body, {"Content-Type": ctype}, timeout=10)
+    status, headers, _ = upload(url, "c.png", data, {"model": "bicubic"}, timeout=10)
     assert status == 503 and headers["Retry-After"] == "7"
-    assert get(url + "/health")["jobs"] == {"running": 1, "queued": 0, "capacity": 1, "done": 0}
+    assert get(url + "/health")["jobs"] == {"running": 1, "queued": 1, "capacity": 2, "done": 0, "dropped": 0}
     gate.set()
-    t.join(30)
-    assert first["r"][0] == 200
-    np.testing.assert_array_equal(decode_png(base64.b64decode(json.loads(first["r"][2])["DATA"])),
-                                  imresize(decode_png(data), 2))
-    wait_until(lambda: get(url + "/health")["jobs"]["done"] == 1, 10, what="the job count")
+    ta.join(30)
+    tb.join(30)
+    for r in (a["r"], b["r"]):
+        assert r[0] == 200
+        np.testing.assert_array_equal(decode_png(base64.b64decode(json.loads(r[2])["DATA"])),
+                                      imresize(decode_png(data), 2))
+    wait_until(lambda: get(url + "/health")["jobs"]["done"] == 2, 10, what="the job count")
+
+
+def test_client_gone_while_queued_drops_its_job(gated_server):
+    url, gate, entered = gated_server
+    data = png_bytes(image(16, 16))
+    ta, a = in_thread(lambda: post(url + "/picture", picture_json(data, "slow"), {"Content-Type": "application/json"}))
+    assert entered.wait(30), "the first job never started"
+    body = picture_json(data, "slow")
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"POST /picture HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        wait_until(lambda: get(url + "/health")["jobs"]["queued"] == 1, 30, what="the second job to queue")
+    wait_until(lambda: get(url + "/health")["jobs"]["dropped"] == 1, 30, what="the queued job to be dropped")
+    assert get(url + "/health")["jobs"]["queued"] == 0
+    gate.set()
+    ta.join(30)
+    assert a["r"][0] == 200
+    wait_until(lambda: get(url + "/health")["jobs"] == {"running": 0, "queued": 0, "capacity": 2, "done": 1,
+                                                        "dropped": 1}, 10, what="the counts")
 
 
 @pytest.fixture(scope="module")

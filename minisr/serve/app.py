@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from fastapi import FastAPI, File, Form, UploadFile
+from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
@@ -65,6 +65,16 @@ class TooLarge(ValueError):
 
 class Busy(RuntimeError):
     """503: the job queue is full."""
+
+
+class ClientGone(Exception):
+    """The client disconnected while its job waited: nobody to answer."""
+
+
+async def _disconnected(request) -> None:
+    """Ends when the client disconnects (the body has been read by then, so the next message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -119,6 +129,7 @@ class Runner:
         self.pending = 0  # submitted and not finished (queued + running)
         self.running = 0
         self.done = 0
+        self.dropped = 0  # queued jobs whose client went away before a worker took them
 
     def full(self) -> bool:
         with self.lock:
@@ -133,12 +144,17 @@ class Runner:
             with self.lock:
                 self.running -= 1
 
-    def _finished(self, _fut) -> None:
+    def _finished(self, fut) -> None:
         with self.lock:
             self.pending -= 1
-            self.done += 1
+            if fut is not None and fut.cancelled():
+                self.dropped += 1
+            else:
+                self.done += 1
 
-    async def run(self, fn, *args):
+    async def run(self, fn, *args, gone=None):
+        """``fn(*args)`` on the pool. ``gone``: an awaitable that ends when the client has disconnected; a job still
+        queued then is dropped (one already running finishes, its answer goes nowhere)."""
         with self.lock:
             if self.pending >= self.capacity:
                 raise Busy(f"server busy: {self.pending} jobs in progress or queued (capacity {self.capacity})")
@@ -149,12 +165,23 @@ class Runner:
             self._finished(None)
             raise Busy("server is shutting down") from None
         fut.add_done_callback(self._finished)
-        return await asyncio.wrap_future(fut)
+        result = asyncio.wrap_future(fut)
+        if gone is None:
+            return await result
+        watcher = asyncio.ensure_future(gone)
+        try:
+            await asyncio.wait({result, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+        if not result.done():
+            fut.cancel()
+            raise ClientGone
+        return result.result()
 
     def stats(self) -> dict:
         with self.lock:
             return dict(running=self.running, queued=self.pending - self.running, capacity=self.capacity,
-                        done=self.done)
+                        done=self.done, dropped=self.dropped)
 
 
 # --------------------------------------------------------------------------------------------- decoding
@@ -347,9 +374,11 @@ def create_app(settings: Settings | None = None, extra_upscalers=None) -> FastAP
     app.state.service = service
     app.add_middleware(Guard, service=service)
 
-    async def run_job(fn, *args):
+    async def run_job(request, fn, *args):
         try:
-            return await service.runner.run(fn, *args)
+            return await service.runner.run(fn, *args, gone=_disconnected(request))
+        except ClientGone:
+            raise _HTTP(499, "client closed the request") from None  # never sent: the connection is gone
         except Busy as err:
             raise _HTTP(503, str(err), {"Retry-After": str(settings.retry_after)}) from None
         except TooLarge as err:
@@ -370,29 +399,30 @@ def create_app(settings: Settings | None = None, extra_upscalers=None) -> FastAP
         return _json(exc.status, exc.detail, exc.headers)
 
     @app.post("/picture", response_model=Answer, summary="Upscale an image (the seed's JSON API)")
-    async def picture(p: Payload):
+    async def picture(p: Payload, request: Request):
         upscaler, scale = pick(p.MODEL, p.SCALE)
         data = _b64(p.DATA)
-        png = await run_job(service.image_job, data, upscaler, f"DATA ({p.FILENAME})")
+        png = await run_job(request, service.image_job, data, upscaler, f"DATA ({p.FILENAME})")
         return {"DATA": base64.b64encode(png).decode("ascii"), "MODEL": p.MODEL,
                 "FILENAME": out_name(p.FILENAME, scale, ".png")}
 
     @app.post("/video", response_model=Answer, summary="Upscale a video frame by frame (the seed's JSON API)")
-    async def video(p: Payload):
+    async def video(p: Payload, request: Request):
         upscaler, scale = pick(p.MODEL, p.SCALE)
         data = _b64(p.DATA)
-        mp4 = await run_job(service.video_job, data, upscaler, scale, p.FILENAME)
+        mp4 = await run_job(request, service.video_job, data, upscaler, scale, p.FILENAME)
         return {"DATA": base64.b64encode(mp4).decode("ascii"), "MODEL": p.MODEL,
                 "FILENAME": out_name(p.FILENAME, scale, ".mp4")}
 
     @app.post("/upscale", summary="Upscale an uploaded image; answers the PNG",
               response_class=Response, responses={200: {"content": {"image/png": {}}}})
-    async def upscale(file: UploadFile = File(...), model: str = Form(...), scale: int | None = Form(None)):
+    async def upscale(request: Request, file: UploadFile = File(...), model: str = Form(...),
+                      scale: int | None = Form(None)):
         upscaler, scale = pick(model, scale)
         data = await file.read()
         if not data:
             raise _HTTP(400, f"the uploaded file {file.filename!r} is empty")
-        png = await run_job(service.image_job, data, upscaler, f"the uploaded file {file.filename!r}")
+        png = await run_job(request, service.image_job, data, upscaler, f"the uploaded file {file.filename!r}")
         name = out_name(file.filename, scale, ".png")
         return Response(png, media_type="image/png", headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
