@@ -376,3 +376,11 @@ def test_sigint_drains_and_exits_cleanly(server_process):
     log = proc.stdout.read()
     assert "Traceback" not in log, log
     assert list(tmp.iterdir()) == []  # the service's temporary folder is gone
+
+
+def test_cli_unknown_model_exits_2(capsys):
+    from minisr.serve.__main__ import main
+
+    assert main(["--models", "bicubic", "no-such-model", "--port", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "no-such-model" in err and "Traceback" not in err

@@ -79,27 +79,26 @@ async def _disconnected(request) -> None:
 
 # ------------------------------------------------------------------------------------------------ models
 class Models:
-    """The upscalers, loaded once: ``get(name, scale) -> (callable, scale)``.
+    """The upscalers, loaded once when the service starts and shared by all requests:
+    ``get(name, scale) -> (callable, scale)``.
 
-    A model trained for x``s`` serves x``s`` (and x``s*s`` when that is at most 4, by running it twice);
-    ``bicubic`` serves x2, x3, x4. ``extra`` adds ready-made upscalers ``{name: {scale: callable}}``."""
+    Each model serves the scales of x2, x3, x4 its upscaler accepts (the trained one, and x4 from a x2 model by
+    running it twice); ``bicubic`` serves all three. ``extra`` adds ready-made upscalers ``{name: {scale: fn}}``."""
 
     def __init__(self, specs, tile: int = 192, device: str = "cpu", extra=None):
         from ..inference import make_upscaler  # the one place the service gets its upscalers
 
         self.table: dict[str, dict[int, object]] = {}
-        for spec in specs:
-            spec = str(spec)
-            if spec == "bicubic":
-                self.table["bicubic"] = {s: make_upscaler("bicubic", s) for s in (2, 3, 4)}
-                continue
-            from ..models import load
-
-            _, meta = load(spec)
-            trained = [int(s) for s in meta.get("scales", [meta.get("scale", 2)])]
-            scales = sorted({s for s in trained} | {s * s for s in trained if s * s <= 4})
-            name = Path(spec).stem if Path(spec).is_file() else spec
-            self.table[name] = {s: make_upscaler(spec, s, device=device, tile=tile) for s in scales}
+        for spec in map(str, specs):
+            ups, errors = {}, []
+            for s in (2, 3, 4):
+                try:
+                    ups[s] = make_upscaler(spec, s, device=device, tile=tile)
+                except ValueError as err:  # not a scale this model does
+                    errors.append(str(err))
+            if not ups:
+                raise ValueError(f"model {spec}: no scale among x2, x3, x4 ({errors[0]})")
+            self.table[Path(spec).stem if Path(spec).is_file() else spec] = ups
         for name, ups in (extra or {}).items():
             self.table[name] = dict(ups)
         if not self.table:
