@@ -361,9 +361,9 @@ def test_body_over_limit_is_413_before_it_is_sent(server_process):
     assert "request body of 5242880 bytes is over the limit of 4194304 bytes" in json.loads(body)["detail"]
 
 
-def test_sigint_drains_and_exits_cleanly(server_process):
+def test_sigint_drains_exits_cleanly_and_restarts(server_process):
     proc, url, tmp = server_process
-    img = image(360, 360, seed=5)  # bicubic x4 to 1440 x 1440: seconds here, in progress at the signal
+    img = image(280, 280, seed=5)  # bicubic x4 to 1120 x 1120: seconds here, in progress at the signal
     body, ctype = multipart("big.png", png_bytes(img), {"model": "bicubic", "scale": "4"})
     result = {}
     t = threading.Thread(target=lambda: result.update(r=post(url + "/upscale", body, {"Content-Type": ctype}, 120)))
@@ -371,11 +371,27 @@ def test_sigint_drains_and_exits_cleanly(server_process):
     wait_until(lambda: "r" in result or get(url + "/health")["jobs"]["running"] == 1, 30, what="the job to start")
     proc.send_signal(signal.SIGINT)
     t.join(120)
-    assert result["r"][0] == 200 and decode_png(result["r"][2]).shape == (1440, 1440, 3)
+    assert result["r"][0] == 200 and decode_png(result["r"][2]).shape == (1120, 1120, 3)
     assert proc.wait(60) == 0
     log = proc.stdout.read()
     assert "Traceback" not in log, log
     assert list(tmp.iterdir()) == []  # the service's temporary folder is gone
+    # and it starts again on the same port at once
+    port = url.rsplit(":", 1)[1]
+    again = subprocess.Popen([sys.executable, "-m", "minisr.serve", "--port", port, "--models", "bicubic",
+                              "--log-level", "warning"], cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: again.poll() is not None or get(url + "/health")["status"] == "ok", 90, 0.2,
+                   what="the restarted server")
+        assert again.poll() is None
+        assert upload(url, "a.png", png_bytes(image(8, 8)), {"model": "bicubic"})[0] == 200
+        again.send_signal(signal.SIGINT)
+        assert again.wait(60) == 0
+    finally:
+        if again.poll() is None:
+            again.kill()
+            again.wait(10)
 
 
 def test_cli_unknown_model_exits_2(capsys):
