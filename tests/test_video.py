@@ -172,3 +172,14 @@ def test_core_import_needs_neither_av_nor_fastapi():
             "print(sorted(m for m in ('av', 'fastapi', 'uvicorn', 'starlette') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_odd_sizes_are_padded_to_even(tmp_path):
+    """yuv420p (x264) needs even sizes: 33x25 x3 = 99x75 is written as 100x76, the last row/column repeated."""
+    src = make_clip(tmp_path / "odd.avi", n=3, codec="png", w=33, h=25)
+    dst = tmp_path / "odd_x3.mp4"
+    info = video.upscale_video(src, dst, nearest(3), 3, progress=False)
+    assert info["out_size"] == (100, 76)
+    frames, lr = read_frames(dst), read_frames(src)
+    assert frames[0].shape == (76, 100, 3)
+    assert np.abs(frames[1][:75, :99].astype(float) - nearest(3)(lr[1])).mean() < 4
