@@ -217,3 +217,40 @@ def test_batchnorm_batch_of_one_in_training():
 def test_bad_input_errors(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
         call()
+
+
+# ------------------------------------------------------------------------------------------ GPU (CuPy) only
+def _has_gpu():
+    try:
+        from minisr.device import import_cupy
+
+        import_cupy()
+        return True
+    except RuntimeError:
+        return False
+
+
+@pytest.mark.skipif(not _has_gpu(), reason="needs CuPy and an NVIDIA GPU")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_classifier_step_on_gpu_matches_numpy(dtype):
+    """Every classifier op (the pool.cu kernels included) forward and backward on the GPU, against the CPU."""
+    rng = np.random.default_rng(4)
+    x, t = rng.standard_normal((4, 2, 9, 8)).astype(dtype), rng.integers(0, 3, 4)
+    results = []
+    for device in ("cpu", "cuda"):
+        minisr.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, dtype=dtype), nn.BatchNorm2d(4, dtype=dtype), nn.ReLU(),
+                              nn.MaxPool2d(3, 2, 1), nn.AvgPool2d(2, 1, 1, count_include_pad=False),
+                              nn.Dropout(0.3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3, dtype=dtype))
+        model.to(device)
+        xt = Tensor(x).to(device)
+        xt.requires_grad = True
+        minisr.manual_seed(1)
+        logits = model(xt)
+        loss = F.cross_entropy(logits, t) + F.binary_cross_entropy_with_logits(logits, np.full((4, 3), 0.3, dtype))
+        loss.backward()
+        results.append([loss.numpy(), Tensor(xt.grad).numpy(), model[1].running_var.numpy()]
+                       + [Tensor(p.grad).numpy() for p in model.parameters()])
+    tol = 1e-10 if dtype == np.float64 else 1e-4
+    for a, g in zip(*results):
+        np.testing.assert_allclose(g, a, rtol=tol, atol=tol)
