@@ -348,26 +348,38 @@ def format_table(report: dict) -> str:
 
 
 def plot(report: dict, path) -> Path:
-    """Bar chart of the accuracies with PRS written on each bar; written to a temporary name, then renamed."""
+    """Two panels: the accuracies (full 0-100% scale) and the PRS values (zoomed, 1.0 dashed), each bar labelled;
+    written to a temporary name, then renamed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    names = [r["images"] for r in report["rows"]]
-    acc = [100 * r["accuracy"] for r in report["rows"]]
-    fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(names), 3.8), dpi=110)
-    colors = ["#4c72b0"] + ["#8c8c8c"] + ["#dd8452"] * (len(names) - 2)
-    bars = ax.bar(names, acc, color=colors[:len(names)])
-    for b, r in zip(bars, report["rows"]):
-        ax.text(b.get_x() + b.get_width() / 2, b.get_height() + 0.8, f"{100 * r['accuracy']:.1f}%\nPRS {r['prs']:.3f}",
-                ha="center", va="bottom", fontsize=9)
-    ax.set_ylim(0, 118)
-    ax.set_ylabel("classifier test accuracy (%)")
-    ax.set_title(f"PRS x{report['scale']}: {report['data']}", fontsize=9)
-    ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
+    rows = report["rows"]
+    names = [r["images"] for r in rows]
+    acc = [100 * r["accuracy"] for r in rows]
+    prs = [r["prs"] if math.isfinite(r["prs"]) else 0.0 for r in rows]
+    colors = (["#4c72b0", "#8c8c8c"] + ["#dd8452"] * len(names))[:len(names)]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(3.0 + 2.2 * len(names), 3.8), dpi=110)
+    for b, a in zip(ax1.bar(names, acc, color=colors), acc):
+        ax1.text(b.get_x() + b.get_width() / 2, b.get_height() + 1, f"{a:.1f}%", ha="center", va="bottom", fontsize=9)
+    ax1.set_ylim(0, 110)
+    ax1.set_ylabel("classifier test accuracy (%)")
+    lo = min(prs)
+    bottom = max(0.0, math.floor((lo - 0.25 * (1.0 - lo) - 0.005) * 100) / 100)
+    for b, v in zip(ax2.bar(names, [v - bottom for v in prs], bottom=bottom, color=colors), prs):
+        ax2.text(b.get_x() + b.get_width() / 2, v, f"{v:.3f}", ha="center", va="bottom", fontsize=9)
+    ax2.axhline(1.0, color="k", lw=0.8, ls="--")
+    ax2.set_ylim(bottom, max(prs + [1.0]) + 0.15 * (max(prs + [1.0]) - bottom))
+    ax2.set_ylabel("PRS (zoomed axis)")
+    ax1.set_title("accuracy", fontsize=9)
+    ax2.set_title("PRS = accuracy / accuracy on originals", fontsize=9)
+    for ax in (ax1, ax2):
+        ax.spines[["top", "right"]].set_visible(False)
+        ax.tick_params(axis="x", labelsize=8)
+    fig.suptitle(f"PRS x{report['scale']}: {report['data']}, {report['n_test']} test images", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".png", dir=path.parent)
     os.close(fd)
