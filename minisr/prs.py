@@ -5,7 +5,9 @@
 The seed report's measure beside PSNR: train a small classifier (2 conv + 2 dense layers) on original images, then
 classify the test images three ways -- as they are, degraded (MATLAB bicubic downscale by S) and enlarged back by
 bicubic, and degraded and enlarged by an SR model -- and report each accuracy and PRS = accuracy / accuracy on the
-originals. An SR model that restores what the classifier needs scores near 1; bicubic shows what was lost.
+originals. An SR model that restores what the classifier needs scores near 1; bicubic shows what was lost. The
+mean PSNR of each set against the originals (Y / grey, ``S`` border pixels cut, as ``minisr.eval``) is reported
+beside it.
 
 Data: ``--data DIR`` in ImageFolder layout, ``DIR/<class>/*.png``. With ``DIR/train/<class>`` and
 ``DIR/test/<class>`` those are the split; otherwise a seeded, stratified split (``--test-fraction``, 0.2) of
@@ -36,6 +38,7 @@ from tqdm import tqdm
 from . import checkpoint, nn, optim
 from . import functional as F
 from .data import ImageReadError, imresize, list_images, read_image, round_uint8
+from .metrics import psnr
 from .random import manual_seed
 from .tensor import Tensor, no_grad
 
@@ -318,14 +321,17 @@ def run_prs(models, scale: int = 2, data_dir=None, *, seed: int = 0, epochs: int
                                  progress=progress)
     test = data.test
     lr = degrade(test.images, scale)
-    rows = [{"images": "original", "accuracy": float(np.mean(predict(model, test.images) == test.labels))}]
+    rows = [{"images": "original", "accuracy": float(np.mean(predict(model, test.images) == test.labels)),
+             "psnr": None}]
     for name, up in upscalers.items():
         sr = np.stack([up(im) for im in tqdm(lr, desc=f"{name} x{scale}", unit="img", leave=False,
                                              disable=None if progress else True)])
         if sr.shape != test.images.shape:
             raise PRSError(f"model {name!r} returned images of shape {sr.shape[1:]}, expected {test.images.shape[1:]}")
+        psnrs = [psnr(a, b, scale) for a, b in zip(sr, test.images)]
         rows.append({"images": f"{name} x{scale}", "model": name,
-                     "accuracy": float(np.mean(predict(model, sr) == test.labels))})
+                     "accuracy": float(np.mean(predict(model, sr) == test.labels)),
+                     "psnr": float(np.mean([p for p in psnrs if math.isfinite(p)] or [float("inf")]))})
     base = rows[0]["accuracy"]
     for r in rows:
         r["prs"] = r["accuracy"] / base if base > 0 else float("nan")
@@ -341,9 +347,10 @@ def format_table(report: dict) -> str:
              f"({report['classifier']['epochs']} epochs, seed {report['classifier']['seed']}, train accuracy "
              f"{100 * report['classifier']['train_accuracy']:.2f}%) {report['classifier']['path']}",
              "",
-             f"{'test images':<24} {'accuracy':>9} {'PRS':>7}"]
+             f"{'test images':<24} {'accuracy':>9} {'PRS':>7} {'PSNR (dB)':>10}"]
     for r in report["rows"]:
-        lines.append(f"{r['images']:<24} {100 * r['accuracy']:8.2f}% {r['prs']:7.4f}")
+        p = "-" if r["psnr"] is None else f"{r['psnr']:.2f}"
+        lines.append(f"{r['images']:<24} {100 * r['accuracy']:8.2f}% {r['prs']:7.4f} {p:>10}")
     return "\n".join(lines)
 
 

@@ -35,6 +35,7 @@ def test_tiny_prs_run_end_to_end_and_cached(tmp_path, capsys):
     assert [r["images"] for r in report["rows"]] == ["original", "bicubic x2", "srcnn-x2 x2"]
     assert report["rows"][0]["prs"] == 1.0
     assert report["rows"][0]["accuracy"] > 0.3  # it learned something in 4 steps: chance is 0.1
+    assert report["rows"][0]["psnr"] is None and all(20 < r["psnr"] < 60 for r in report["rows"][1:])
     for r in report["rows"]:
         assert 0.0 <= r["accuracy"] <= 1.0
         assert r["prs"] == pytest.approx(r["accuracy"] / report["rows"][0]["accuracy"])
