@@ -321,6 +321,7 @@ def run_prs(models, scale: int = 2, data_dir=None, *, seed: int = 0, epochs: int
                                  progress=progress)
     test = data.test
     lr = degrade(test.images, scale)
+    examples = {"original": test.images[:8], f"LR (1/{scale})": lr[:8]}
     rows = [{"images": "original", "accuracy": float(np.mean(predict(model, test.images) == test.labels)),
              "psnr": None}]
     for name, up in upscalers.items():
@@ -328,6 +329,7 @@ def run_prs(models, scale: int = 2, data_dir=None, *, seed: int = 0, epochs: int
                                              disable=None if progress else True)])
         if sr.shape != test.images.shape:
             raise PRSError(f"model {name!r} returned images of shape {sr.shape[1:]}, expected {test.images.shape[1:]}")
+        examples[f"{name} x{scale}"] = sr[:8]
         psnrs = [psnr(a, b, scale) for a, b in zip(sr, test.images)]
         rows.append({"images": f"{name} x{scale}", "model": name,
                      "accuracy": float(np.mean(predict(model, sr) == test.labels)),
@@ -336,7 +338,7 @@ def run_prs(models, scale: int = 2, data_dir=None, *, seed: int = 0, epochs: int
     for r in rows:
         r["prs"] = r["accuracy"] / base if base > 0 else float("nan")
     return {"data": data.name, "split": data.split, "scale": scale, "image_size": [int(W), int(H)],
-            "n_test": int(len(test.labels)), "classifier": info, "rows": rows}
+            "n_test": int(len(test.labels)), "classifier": info, "rows": rows, "_examples": examples}
 
 
 def format_table(report: dict) -> str:
@@ -400,6 +402,37 @@ def plot(report: dict, path) -> Path:
     return path
 
 
+def plot_examples(examples: dict, path) -> Path:
+    """A grid of the first test images: one row per set (original, LR shown at its own size, each upscaler)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    n = min(len(v) for v in examples.values())
+    fig, axes = plt.subplots(len(examples), n, figsize=(1.1 * n + 1.6, 1.1 * len(examples)), dpi=110, squeeze=False)
+    for r, (name, imgs) in enumerate(examples.items()):
+        for c in range(n):
+            ax = axes[r, c]
+            ax.imshow(imgs[c], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m minisr.prs", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -410,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="DIR", help="ImageFolder data DIR/<class>/*.png (default: scikit-learn digits)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--chart", metavar="PATH", help="bar chart PNG (default prs-x<S>.png)")
+    p.add_argument("--examples", metavar="PATH", help="also write a PNG of the first test images of every set")
     p.add_argument("--epochs", type=int, default=10, help="classifier training epochs (default 10)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, weights and batches (default 0)")
     p.add_argument("--test-fraction", type=float, default=0.2, help="test share of a seeded split (default 0.2)")
@@ -429,14 +463,20 @@ def main(argv=None) -> int:
             raise PRSError(f"--epochs {args.epochs}: must be at least 1")
         if args.limit is not None and args.limit < 2:
             raise PRSError(f"--limit {args.limit}: must be at least 2")
-        if chart.suffix.lower() != ".png":
-            raise PRSError(f"--chart {chart}: give a .png file name")
-        if args.data and chart.resolve().is_relative_to(Path(args.data).resolve()):
-            raise PRSError(f"--chart {chart} lies inside the data folder {args.data}; write it elsewhere")
+        for opt, out in (("--chart", chart), ("--examples", args.examples)):
+            if out is None:
+                continue
+            if Path(out).suffix.lower() != ".png":
+                raise PRSError(f"{opt} {out}: give a .png file name")
+            if args.data and Path(out).resolve().is_relative_to(Path(args.data).resolve()):
+                raise PRSError(f"{opt} {out} lies inside the data folder {args.data}; write it elsewhere")
         report = run_prs(models, args.scale, args.data, seed=args.seed, epochs=args.epochs, limit=args.limit,
                          test_fraction=args.test_fraction, cache_dir=args.cache_dir, retrain=args.retrain,
                          device=args.device, progress=not args.json)
+        examples = report.pop("_examples")
         report["chart"] = str(plot(report, chart))
+        if args.examples:
+            report["examples"] = str(plot_examples(examples, args.examples))
     except (PRSError, ImageReadError, FileNotFoundError, ValueError, OSError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -447,7 +487,7 @@ def main(argv=None) -> int:
         print(json.dumps(report))
     else:
         print(format_table(report))
-        print(f"\nchart: {report['chart']}")
+        print(f"\nchart: {report['chart']}" + (f"\nexamples: {report['examples']}" if args.examples else ""))
     return 0
 
 

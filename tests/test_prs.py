@@ -66,8 +66,10 @@ def _image_folder(root, layout):
 def test_prs_on_an_image_folder(tmp_path, capsys, layout):
     data = _image_folder(tmp_path / "data", layout)
     code, out, err = run(["--data", str(data), "--model", "bicubic", "--epochs", "1", "--cache-dir",
-                          str(tmp_path / "cache"), "--chart", str(tmp_path / "c.png")], capsys)
+                          str(tmp_path / "cache"), "--chart", str(tmp_path / "c.png"), "--examples",
+                          str(tmp_path / "e.png")], capsys)
     assert code == 0, err
+    assert (tmp_path / "e.png").read_bytes()[:4] == b"\x89PNG"
     assert "bicubic x2" in out and "PRS" in out
     assert ("data/train and" in out) == (layout == "split")
 
