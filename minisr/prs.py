@@ -147,7 +147,8 @@ def _read_class_tree(root: Path, classes=None):
 def folder_data(root, seed: int = 0, test_fraction: float = 0.2) -> ClassificationData:
     root = Path(root)
     if not root.is_dir():
-        raise PRSError(f"--data {root}: no such folder")
+        raise PRSError(f"--data {root}: " + ("not a folder (give the folder that holds one folder per class)"
+                                              if root.exists() else "no such folder"))
     if (root / "train").is_dir() and (root / "test").is_dir():
         x_tr, y_tr, classes, f_tr = _read_class_tree(root / "train")
         x_te, y_te, _, f_te = _read_class_tree(root / "test", classes)

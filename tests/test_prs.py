@@ -85,6 +85,7 @@ def test_degrade_is_imresize_per_image(rng):
 @pytest.mark.parametrize("make,extra,match", [
     (lambda p: p / "missing", [], r"--data .*missing: no such folder"),
     (lambda p: p, [], r"expected one folder per class"),
+    (lambda p: write_image(p / "x.png", np.zeros((4, 4), np.uint8)), [], r"x.png: not a folder"),
     (lambda p: (p / "a").mkdir() or (p / "b").mkdir() or p, [], r"class folder .* holds no images"),
     (lambda p: _image_folder(p, "flat"), ["--model", "no-such-model"], r"unknown model 'no-such-model'"),
     (lambda p: _image_folder(p, "flat"), ["--scale", "5"], r"--scale 5: choose one of"),
