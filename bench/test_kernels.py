@@ -197,6 +197,30 @@ def kernel_fn(kernel: str, impl: str):
             return p
 
         return adam
+    if kernel.startswith(("maxpool2d", "avgpool2d")):  # 3x3 windows, stride 2, padding 1 on EDSR feature maps
+        x, geometry = _rand(*S.act), (3, 3, 2, 2, 1, 1)
+        n, ch, h, w = S.act
+        g = _rand(n, ch, (h - 1) // 2 + 1, (w - 1) // 2 + 1, seed=1)
+        tx, tg = T(x), T(g)
+        if kernel.startswith("maxpool2d"):
+            idx = minisr.get_backend("numpy").maxpool2d_argmax(x, *geometry)
+            t_idx = torch.from_numpy(idx)
+            fns = {  # torch's indices are the same flat h*W + w positions
+                "maxpool2d_argmax": (lambda: TF.max_pool2d(tx, 3, 2, 1, return_indices=True)[1],
+                                     lambda: be.maxpool2d_argmax(x, *geometry)),
+                "maxpool2d_backward": (lambda: torch.ops.aten.max_pool2d_with_indices_backward(
+                                           tg, tx, [3, 3], [2, 2], [1, 1], [1, 1], False, t_idx),
+                                       lambda: be.maxpool2d_backward(g, idx, x.shape, *geometry)),
+            }
+        else:
+            fns = {
+                "avgpool2d_forward": (lambda: TF.avg_pool2d(tx, 3, 2, 1), lambda: be.avgpool2d_forward(x, *geometry,
+                                                                                                       True)),
+                "avgpool2d_backward": (lambda: torch.ops.aten.avg_pool2d_backward(tg, tx, [3, 3], [2, 2], [1, 1],
+                                                                                  False, True, None),
+                                       lambda: be.avgpool2d_backward(g, x.shape, *geometry, True)),
+            }
+        return fns[kernel][0 if t else 1]
     raise KeyError(kernel)
 
 

@@ -465,3 +465,331 @@ def getitem(a: Tensor, index) -> Tensor:
         return (ga,)
 
     return make_result(y, [a], backward, "getitem")
+
+
+# ============================================================================================= classifier ops
+# What a small image classifier (and a GAN discriminator) needs: linear, pooling, cross-entropy losses, batch
+# norm, dropout. PyTorch's names, argument orders and conventions.
+__all__ += [
+    "linear", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "cross_entropy",
+    "binary_cross_entropy_with_logits", "batch_norm", "dropout",
+]
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """Fully connected layer, PyTorch's layout: x (..., in), weight (out, in), bias (out,), y (..., out).
+
+        y[n, o] = b[o] + sum_i x[n, i] W[o, i]                (y = x W^T + b, rows n over all leading axes)
+
+    Backward, g = dE/dy:
+        dE/dx[n, i] = sum_o g[n, o] W[o, i]                   (g @ W)
+        dE/dW[o, i] = sum_n g[n, o] x[n, i]                   (g^T @ x)
+        dE/db[o]    = sum_n g[n, o]
+    """
+    x, weight = _tensor(x, "linear input"), _tensor(weight, "linear weight")
+    _check_ndim(weight, 2, "linear weight", "(out_features, in_features)")
+    O, In = weight.shape
+    if x.ndim < 1 or x.shape[-1] != In:
+        raise ValueError(f"linear: input {x.shape} has {x.shape[-1] if x.ndim else 0} features in its last axis "
+                         f"but weight {weight.shape} expects {In}")
+    if x.dtype != weight.dtype:
+        raise TypeError(f"linear: input dtype {x.dtype} and weight dtype {weight.dtype} differ")
+    parents = [x, weight]
+    if bias is not None:
+        bias = _tensor(bias, "linear bias")
+        if bias.shape != (O,):
+            raise ValueError(f"linear: bias shape {bias.shape}, expected ({O},) for weight {weight.shape}")
+        if bias.dtype != x.dtype:
+            raise TypeError(f"linear: bias dtype {bias.dtype} differs from input dtype {x.dtype}")
+        parents.append(bias)
+    xp = get_array_module(x.data)
+    x2 = x.data.reshape(-1, In)
+    y = xp.matmul(x2, weight.data.T)
+    if bias is not None:
+        y += bias.data
+    y = y.reshape(x.shape[:-1] + (O,))
+    check = _saved(x, weight)
+
+    def backward(g):
+        check("linear")
+        g2 = g.reshape(-1, O)
+        dx = xp.matmul(g2, weight.data).reshape(x.shape) if x.requires_grad else None
+        dw = xp.matmul(g2.T, x.data.reshape(-1, In)) if weight.requires_grad else None
+        db = g2.sum(axis=0) if bias is not None and bias.requires_grad else None
+        return (dx, dw, db)[:len(parents)]
+
+    return make_result(y, parents, backward, "linear")
+
+
+def _pool_args(x, kernel_size, stride, padding, op):
+    x = _tensor(x, f"{op} input")
+    _check_ndim(x, 4, f"{op} input", "(N, C, H, W)")
+    kh, kw = _pair(kernel_size, "kernel_size")
+    sh, sw = (kh, kw) if stride is None or stride == () else _pair(stride, "stride")
+    ph, pw = _pair(padding, "padding")
+    if min(kh, kw, sh, sw) < 1 or min(ph, pw) < 0:
+        raise ValueError(f"{op}: kernel_size and stride must be >= 1 and padding >= 0, got kernel_size "
+                         f"{(kh, kw)} stride {(sh, sw)} padding {(ph, pw)}")
+    if ph > kh // 2 or pw > kw // 2:
+        raise ValueError(f"{op}: padding {(ph, pw)} must be at most half the kernel size {(kh, kw)} (as PyTorch)")
+    N, C, H, W = x.shape
+    Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+    if Ho < 1 or Wo < 1:
+        raise ValueError(f"{op}: kernel {kh}x{kw} is larger than the padded input {H + 2 * ph}x{W + 2 * pw} "
+                         f"(input {x.shape}, padding {(ph, pw)})")
+    return x, (kh, kw, sh, sw, ph, pw), (N, C, Ho, Wo)
+
+
+def max_pool2d(x: Tensor, kernel_size, stride=None, padding=0) -> Tensor:
+    """Max over kh x kw windows (stride defaults to the kernel size; padding counts as -inf), PyTorch's rule:
+
+        out[n, c, i, j] = max_{u, v} x[n, c, i*sh - ph + u, j*sw - pw + v]
+
+    The kernel returns the arg-max of each window as a flat index h*W + w into its (n, c) plane (the first one
+    in row-major window order when several are equal, as PyTorch); the output is x gathered there.
+    Backward: the gradient goes to the arg-max only, adding up where windows overlap:
+
+        dE/dx[n, c, h, w] = sum over (i, j) with idx[n, c, i, j] = h*W + w of g[n, c, i, j]
+    """
+    x, geometry, (N, C, Ho, Wo) = _pool_args(x, kernel_size, stride, padding, "max_pool2d")
+    be = backend_for(x.data)
+    xp = get_array_module(x.data)
+    idx = be.maxpool2d_argmax(x.data, *geometry)  # (N, C, Ho, Wo) int64
+    y = xp.take_along_axis(x.data.reshape(N, C, -1), idx.reshape(N, C, -1), axis=2).reshape(N, C, Ho, Wo)
+    return make_result(y, [x], lambda g: (be.maxpool2d_backward(g, idx, x.shape, *geometry),), "max_pool2d")
+
+
+def avg_pool2d(x: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
+               count_include_pad: bool = True) -> Tensor:
+    """Mean over kh x kw windows (stride defaults to the kernel size, zero padding), PyTorch's rule:
+
+        out[n, c, i, j] = (1 / d[i, j]) sum_{u, v} xpad[n, c, i*sh + u, j*sw + v]
+
+    with d = kh*kw (``count_include_pad=True``, the default) or the number of window elements inside the
+    unpadded image. Backward, every output spreads its gradient evenly over its window:
+
+        dE/dx[n, c, h, w] = sum over windows (i, j) that contain (h, w) of g[n, c, i, j] / d[i, j]
+
+    ``ceil_mode=True`` is not supported (an error).
+    """
+    if ceil_mode:
+        raise ValueError("avg_pool2d: ceil_mode=True is not supported; pad the input instead")
+    x, geometry, _ = _pool_args(x, kernel_size, stride, padding, "avg_pool2d")
+    be = backend_for(x.data)
+    inc = bool(count_include_pad)
+    y = be.avgpool2d_forward(x.data, *geometry, inc)
+    return make_result(y, [x], lambda g: (be.avgpool2d_backward(g, x.shape, *geometry, inc),), "avg_pool2d")
+
+
+def adaptive_avg_pool2d(x: Tensor, output_size) -> Tensor:
+    """Average pooling to a fixed output size (oh, ow); ``output_size=1`` is the global average
+    out[n, c] = mean_{h, w} x[n, c, h, w], kept as (N, C, 1, 1).
+
+    PyTorch's bins are [floor(i H / oh), ceil((i + 1) H / oh)); when oh divides H (and ow divides W) they are
+    the windows of avg_pool2d with kernel = stride = (H / oh, W / ow), which is what runs. Other sizes (bins of
+    unequal length) are refused. ``None`` in output_size keeps that input size.
+    """
+    x = _tensor(x, "adaptive_avg_pool2d input")
+    _check_ndim(x, 4, "adaptive_avg_pool2d input", "(N, C, H, W)")
+    H, W = x.shape[2:]
+    if isinstance(output_size, numbers.Integral) or output_size is None:
+        output_size = (output_size, output_size)
+    oh, ow = (H if output_size[0] is None else int(output_size[0]), W if output_size[1] is None else
+              int(output_size[1]))
+    if oh < 1 or ow < 1 or H % oh or W % ow:
+        raise ValueError(f"adaptive_avg_pool2d: output size {(oh, ow)} must divide the input size {(H, W)} "
+                         f"(input {x.shape}); minisr supports equal bins only (1 = global average)")
+    return avg_pool2d(x, (H // oh, W // ow))
+
+
+def _class_targets(targets, N: int, C: int, xp, op: str):
+    """Integer class indices (N,) in [0, C), on the logits' device."""
+    if isinstance(targets, Tensor):
+        raise TypeError(f"{op}: targets must be an integer array of class indices (N,) = ({N},), not a float "
+                        "minisr.Tensor")
+    if not hasattr(targets, "dtype"):
+        import numpy as np
+
+        targets = np.asarray(targets)
+    if targets.dtype.kind not in "iu":
+        raise TypeError(f"{op}: targets have dtype {targets.dtype} (shape {tuple(targets.shape)}); they must be "
+                        f"integer class indices in [0, {C}) (e.g. np.int64)")
+    if tuple(targets.shape) != (N,):
+        raise ValueError(f"{op}: targets shape {tuple(targets.shape)} does not match logits (N, C) = ({N}, {C}); "
+                         f"expected ({N},)")
+    lo, hi = int(targets.min()), int(targets.max())
+    if lo < 0 or hi >= C:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"{op}: target {bad} is out of range for {C} classes (logits (N, C) = ({N}, {C})); "
+                         f"targets must lie in [0, {C - 1}]")
+    return xp.asarray(targets).astype(xp.int64)
+
+
+def cross_entropy(logits: Tensor, targets) -> Tensor:
+    """Mean cross-entropy of logits z (N, C) against integer class targets t (N,), through a stable log-softmax:
+
+        log p[n, c] = z[n, c] - m[n] - log sum_k exp(z[n, k] - m[n]),    m[n] = max_k z[n, k]
+        E = -(1/N) sum_n log p[n, t[n]]
+
+    Backward: dE/dz[n, c] = (p[n, c] - [c == t[n]]) / N   (p = softmax(z)).
+    Targets are a NumPy (or CuPy) integer array; out-of-range or float targets are errors.
+    """
+    logits = _tensor(logits, "cross_entropy input")
+    if logits.ndim != 2:
+        raise ValueError(f"cross_entropy: logits must be 2-D (N, C), got shape {logits.shape} "
+                         "(flatten them first, e.g. nn.Flatten())")
+    N, C = logits.shape
+    if N == 0 or C == 0:
+        raise ValueError(f"cross_entropy: empty logits {logits.shape}")
+    xp = get_array_module(logits.data)
+    t = _class_targets(targets, N, C, xp, "cross_entropy")
+    z = logits.data
+    shifted = z - z.max(axis=1, keepdims=True)
+    logp = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
+    rows = xp.arange(N)
+    loss = xp.asarray(-logp[rows, t].sum() / z.dtype.type(N), dtype=z.dtype)
+
+    def backward(g):
+        d = xp.exp(logp)
+        d[rows, t] -= 1
+        d *= z.dtype.type(float(g) / N)
+        return (d,)
+
+    return make_result(loss, [logits], backward, "cross_entropy")
+
+
+def binary_cross_entropy_with_logits(x: Tensor, t) -> Tensor:
+    """Mean binary cross-entropy of logits x against targets t in [0, 1] (same shape), in the stable form
+
+        E = (1/n) sum max(x, 0) - x t + log(1 + exp(-|x|))      (= -t log s(x) - (1 - t) log(1 - s(x)))
+
+    Backward: dE/dx = (s(x) - t) / n with s the logistic sigmoid; dE/dt = -x / n.
+    """
+    x, t = _loss_inputs(x, t, "binary_cross_entropy_with_logits")
+    xp = get_array_module(x.data)
+    a, b = x.data, t.data
+    e = xp.exp(-xp.abs(a))
+    n = a.dtype.type(a.size)
+    loss = xp.asarray((xp.maximum(a, 0) - a * b + xp.log1p(e)).sum() / n, dtype=a.dtype)
+    check = _saved(x, t)
+
+    def backward(g):
+        check("binary_cross_entropy_with_logits")
+        scale = a.dtype.type(float(g) / a.size)
+        sig = xp.where(a >= 0, 1 / (1 + e), e / (1 + e))
+        dx = (sig - b) * scale
+        return dx, (-a * scale if t.requires_grad else None)
+
+    return make_result(loss, [x, t], backward, "binary_cross_entropy_with_logits")
+
+
+def batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor | None, weight: Tensor | None = None,
+               bias: Tensor | None = None, training: bool = False, momentum: float = 0.1,
+               eps: float = 1e-5) -> Tensor:
+    """Batch normalisation over channel axis 1 of x (N, C, ...), PyTorch's rule. With the statistics over the
+    n = N * H * W values of each channel c,
+
+        training:  mu = mean(x[:, c]),  var = mean((x[:, c] - mu)^2)            (biased, used to normalise)
+                   running_mean = (1 - momentum) running_mean + momentum mu      (in place, when given)
+                   running_var  = (1 - momentum) running_var  + momentum var n / (n - 1)   (unbiased)
+        eval:      mu = running_mean,  var = running_var
+        xhat = (x - mu) / sqrt(var + eps),    y = weight[c] xhat + bias[c]
+
+    Backward, g = dE/dy, dxhat = g weight[c], sums over each channel's n values:
+        dE/dweight[c] = sum g xhat,    dE/dbias[c] = sum g
+        training:  dE/dx = (1 / (n sqrt(var + eps))) (n dxhat - sum dxhat - xhat sum(dxhat xhat))
+        eval:      dE/dx = dxhat / sqrt(var + eps)
+    A training batch with one value per channel (n = 1) is an error, as in PyTorch.
+    """
+    x = _tensor(x, "batch_norm input")
+    if x.ndim < 2:
+        raise ValueError(f"batch_norm: input must be (N, C, ...), got shape {x.shape}")
+    C = x.shape[1]
+    parents = [x]
+    for name, p in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
+                    ("running_var", running_var)):
+        if p is None:
+            continue
+        _tensor(p, f"batch_norm {name}")
+        if p.shape != (C,):
+            raise ValueError(f"batch_norm: {name} shape {p.shape}, expected ({C},) for input {x.shape}")
+        if p.dtype != x.dtype:
+            raise TypeError(f"batch_norm: {name} dtype {p.dtype} differs from input dtype {x.dtype}")
+        if name in ("weight", "bias"):
+            parents.append(p)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("batch_norm: give both running_mean and running_var, or neither")
+    if not training and running_mean is None:
+        raise ValueError("batch_norm: running_mean and running_var are needed when training=False")
+    xp = get_array_module(x.data)
+    axes = (0,) + tuple(range(2, x.ndim))
+    bshape = (1, C) + (1,) * (x.ndim - 2)
+    n = x.size // C if C else 0
+    t = x.dtype.type
+    if training:
+        if n <= 1:
+            raise ValueError(f"batch_norm: expected more than 1 value per channel when training, got input shape "
+                             f"{x.shape} (N*H*W = {n}); use a batch of 2 or more, or eval mode")
+        mu = x.data.mean(axis=axes)
+        centred = x.data - mu.reshape(bshape)
+        var = (centred * centred).mean(axis=axes)
+        if running_mean is not None:
+            m = t(momentum)
+            running_mean.data[...] = (1 - m) * running_mean.data + m * mu
+            running_var.data[...] = (1 - m) * running_var.data + m * var * t(n / (n - 1))
+    else:
+        mu, var = running_mean.data.copy(), running_var.data.copy()
+        centred = x.data - mu.reshape(bshape)
+    invstd = (1 / xp.sqrt(var + t(eps))).reshape(bshape)
+    xhat = centred * invstd
+    y = xhat * weight.data.reshape(bshape) if weight is not None else xhat.copy()
+    if bias is not None:
+        y += bias.data.reshape(bshape)
+    check = _saved(*parents)
+
+    def backward(g):
+        check("batch_norm")
+        dx = dw = db = None
+        if x.requires_grad:
+            dxhat = g * weight.data.reshape(bshape) if weight is not None else g
+            if training:
+                s1 = dxhat.sum(axis=axes).reshape(bshape)
+                s2 = (dxhat * xhat).sum(axis=axes).reshape(bshape)
+                dx = (invstd / t(n)) * (t(n) * dxhat - s1 - xhat * s2)
+            else:
+                dx = dxhat * invstd
+        if weight is not None and weight.requires_grad:
+            dw = (g * xhat).sum(axis=axes)
+        if bias is not None and bias.requires_grad:
+            db = g.sum(axis=axes)
+        grads = [dx]
+        if weight is not None:
+            grads.append(dw)
+        if bias is not None:
+            grads.append(db)
+        return tuple(grads)
+
+    return make_result(y, parents, backward, "batch_norm")
+
+
+def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
+    """Inverted dropout: in training each element is kept with probability 1 - p and scaled by 1 / (1 - p),
+
+        y = x * mask,   mask = [u >= p] / (1 - p),   u ~ U[0, 1) from minisr.random's generator
+
+    (``minisr.manual_seed`` makes it reproducible); dE/dx = dE/dy * mask. p = 1 zeroes everything. Not training
+    (or p = 0): y = x, the same tensor.
+    """
+    x = _tensor(x, "dropout input")
+    p = float(p)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, got {p}")
+    if not training or p == 0.0:
+        return x
+    from . import random as mrandom
+
+    xp = get_array_module(x.data)
+    u = mrandom.generator().random(x.shape)
+    keep = (u >= p).astype(x.dtype)
+    mask = xp.asarray(keep * x.dtype.type(1.0 / (1.0 - p)) if p < 1.0 else keep)
+    return make_result(x.data * mask, [x], lambda g: (g * mask,), "dropout")

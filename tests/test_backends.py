@@ -97,6 +97,45 @@ ADAM_SETTINGS = [  # step, lr, beta1, beta2, eps, weight_decay
 ]
 
 
+# Pooling (N, C, H, W), (kh, kw), (sh, sw), (ph, pw): default stride, overlapping windows, padding, non-square;
+# integer-valued inputs so windows hold equal maxima (the arg-max is the first one in every backend).
+POOL = [
+    ((1, 1, 4, 6), (2, 2), (2, 2), (0, 0)),
+    ((2, 3, 7, 5), (3, 3), (2, 2), (1, 1)),
+    ((1, 2, 6, 9), (3, 2), (1, 2), (1, 0)),
+    ((2, 2, 5, 5), (3, 3), (1, 1), (1, 1)),
+    ((1, 64, 9, 10), (2, 2), (2, 2), (0, 0)),
+]
+
+
+def _pool_cases():
+    out = []
+    for pi, (shape, (kh, kw), (sh, sw), (ph, pw)) in enumerate(POOL):
+        N, C, H, W = shape
+        Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+        geometry = (kh, kw, sh, sw, ph, pw)
+
+        def argmax(rng, dt, shape=shape, geometry=geometry):
+            return (np.round(rng.standard_normal(shape)).astype(dt),) + geometry
+
+        def max_bwd(rng, dt, shape=shape, geometry=geometry, out_shape=(N, C, Ho, Wo)):
+            idx = ref.maxpool2d_argmax(np.round(rng.standard_normal(shape)), *geometry)
+            return (rng.standard_normal(out_shape).astype(dt), idx, shape) + geometry
+
+        out.append(("maxpool2d_argmax", f"pool{pi}", argmax, ()))
+        out.append(("maxpool2d_backward", f"pool{pi}", max_bwd, ()))
+        for inc in (True, False):
+            def avg_fwd(rng, dt, shape=shape, geometry=geometry, inc=inc):
+                return (rng.standard_normal(shape).astype(dt),) + geometry + (inc,)
+
+            def avg_bwd(rng, dt, shape=shape, geometry=geometry, inc=inc, out_shape=(N, C, Ho, Wo)):
+                return (rng.standard_normal(out_shape).astype(dt), shape) + geometry + (inc,)
+
+            out.append(("avgpool2d_forward", f"pool{pi}-{inc}", avg_fwd, ()))
+            out.append(("avgpool2d_backward", f"pool{pi}-{inc}", avg_bwd, ()))
+    return out
+
+
 def _cases():
     """(kernel, case id, args builder(rng, dtype), indices of arguments modified in place)."""
     out = []
@@ -131,6 +170,7 @@ def _cases():
             v = rng.uniform(0.0, 2.0, p.shape).astype(dt)
             return (p, g, m, v) + setting
         out.append(("adam_update", f"adam{ai}", build, (0, 2, 3)))
+    out += _pool_cases()
     return out
 
 

@@ -36,6 +36,7 @@ KERNELS = (
     "pixel_shuffle_forward", "pixel_shuffle_backward",
     "mse_forward", "mse_backward", "l1_forward", "l1_backward",
     "sgd_update", "adam_update",
+    "maxpool2d_argmax", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward",
 )
 
 _MODULES = {

@@ -203,3 +203,45 @@ def adam_update(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay):
     bc1, bc2 = 1 - beta1 ** step, 1 - beta2 ** step
     _launch("optim", "adam_update", p.dtype, p.size,
             (p, _c(g), m, v, t(lr / bc1), t(beta1), t(beta2), t(eps), t(bc2 ** 0.5), t(weight_decay), i64(p.size)))
+
+
+
+# --------------------------------------------------------------------------------------------------------- pooling
+# kernels/pool.cu: one thread per output element forward, one per input element backward (a gather, no atomics).
+def _pool_dims(x_shape, kh, kw, sh, sw, ph, pw):
+    N, C, H, W = x_shape
+    Ho, Wo = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
+    return (i64(N), i64(C), i64(H), i64(W), i32(kh), i32(kw), i32(sh), i32(sw), i32(ph), i32(pw), i64(Ho),
+            i64(Wo)), (N, C, Ho, Wo)
+
+
+def maxpool2d_argmax(x, kh, kw, sh, sw, ph, pw):
+    x = _c(x)
+    dims, out_shape = _pool_dims(x.shape, kh, kw, sh, sw, ph, pw)
+    idx = cp.empty(out_shape, dtype=cp.int64)
+    _launch("pool", "maxpool2d_argmax", x.dtype, idx.size, (x, idx) + dims)
+    return idx
+
+
+def maxpool2d_backward(g, idx, x_shape, kh, kw, sh, sw, ph, pw):
+    g, idx = _c(g), _c(idx)
+    dims, _ = _pool_dims(x_shape, kh, kw, sh, sw, ph, pw)
+    dx = cp.empty(tuple(x_shape), dtype=g.dtype)
+    _launch("pool", "maxpool2d_backward", g.dtype, dx.size, (g, idx, dx) + dims)
+    return dx
+
+
+def avgpool2d_forward(x, kh, kw, sh, sw, ph, pw, count_include_pad):
+    x = _c(x)
+    dims, out_shape = _pool_dims(x.shape, kh, kw, sh, sw, ph, pw)
+    y = cp.empty(out_shape, dtype=x.dtype)
+    _launch("pool", "avgpool2d_forward", x.dtype, y.size, (x, y) + dims + (i32(bool(count_include_pad)),))
+    return y
+
+
+def avgpool2d_backward(g, x_shape, kh, kw, sh, sw, ph, pw, count_include_pad):
+    g = _c(g)
+    dims, _ = _pool_dims(x_shape, kh, kw, sh, sw, ph, pw)
+    dx = cp.empty(tuple(x_shape), dtype=g.dtype)
+    _launch("pool", "avgpool2d_backward", g.dtype, dx.size, (g, dx) + dims + (i32(bool(count_include_pad)),))
+    return dx

@@ -187,3 +187,74 @@ def adam_update(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay):
     bc2 = 1 - beta2 ** step
     denom = xp_.sqrt(v) / t(bc2 ** 0.5) + t(eps)
     p -= t(lr / bc1) * m / denom
+
+
+# ---------------------------------------------------------------------------------------------------- pooling
+# Windows as in im2col: output (i, j) covers input rows i*sh - ph + u (u < kh) and columns j*sw - pw + v (v < kw);
+# positions outside the image are padding. Every window holds at least one image pixel (padding <= kernel / 2).
+def _windows(x, kh, kw, sh, sw, ph, pw, fill):
+    """(N, C, kh, kw, Ho, Wo): every window's values, padding positions set to ``fill``."""
+    xp_ = get_array_module(x)
+    N, C, H, W = x.shape
+    Ho, Wo = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
+    xpad = xp_.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=fill)
+    win = xp_.empty((N, C, kh, kw, Ho, Wo), dtype=x.dtype)
+    for u in range(kh):
+        for v in range(kw):
+            win[:, :, u, v] = xpad[:, :, u:u + sh * Ho:sh, v:v + sw * Wo:sw]
+    return win
+
+
+def maxpool2d_argmax(x, kh, kw, sh, sw, ph, pw):
+    """idx[n, c, i, j] = h*W + w of the largest x[n, c, h, w] in window (i, j), int64 (N, C, Ho, Wo): the first in
+    row-major window order among equal values (PyTorch's choice); padding never wins."""
+    xp_ = get_array_module(x)
+    N, C, H, W = x.shape
+    win = _windows(x, kh, kw, sh, sw, ph, pw, -xp_.inf)
+    Ho, Wo = win.shape[4:]
+    k = win.reshape(N, C, kh * kw, Ho, Wo).argmax(axis=2)  # first maximum
+    h = xp_.arange(Ho).reshape(Ho, 1) * sh - ph + k // kw
+    w = xp_.arange(Wo).reshape(1, Wo) * sw - pw + k % kw
+    return (h * W + w).astype(xp_.int64)
+
+
+def maxpool2d_backward(g, idx, x_shape, kh, kw, sh, sw, ph, pw):
+    """dx[n, c].flat[idx[n, c, i, j]] += g[n, c, i, j] for every output (i, j): (N, C, H, W) = x_shape.
+
+    (The window geometry is not needed here; kernels that gather per input pixel use it.)"""
+    xp_ = get_array_module(g)
+    N, C, H, W = x_shape
+    dx = xp_.zeros((N * C, H * W), dtype=g.dtype)
+    rows = xp_.arange(N * C).reshape(-1, 1)
+    xp_.add.at(dx, (rows, idx.reshape(N * C, -1)), g.reshape(N * C, -1))
+    return dx.reshape(x_shape)
+
+
+def _avg_divisor(x_shape, kh, kw, sh, sw, ph, pw, count_include_pad, dtype, xp_):
+    """d[i, j]: kh*kw, or the number of image pixels in window (i, j) when padding is not counted. (Ho, Wo)."""
+    N, C, H, W = x_shape
+    Ho, Wo = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
+    if count_include_pad:
+        return xp_.full((Ho, Wo), kh * kw, dtype=dtype)
+    ones = xp_.ones((1, 1, H, W), dtype=dtype)
+    return _windows(ones, kh, kw, sh, sw, ph, pw, 0).sum(axis=(2, 3))[0, 0]
+
+
+def avgpool2d_forward(x, kh, kw, sh, sw, ph, pw, count_include_pad):
+    """y[n, c, i, j] = sum of window (i, j) of the zero-padded x / d[i, j]: (N, C, Ho, Wo)."""
+    xp_ = get_array_module(x)
+    s = _windows(x, kh, kw, sh, sw, ph, pw, 0).sum(axis=(2, 3))
+    return s / _avg_divisor(x.shape, kh, kw, sh, sw, ph, pw, count_include_pad, x.dtype, xp_)
+
+
+def avgpool2d_backward(g, x_shape, kh, kw, sh, sw, ph, pw, count_include_pad):
+    """dx[n, c, h, w] = sum over windows (i, j) holding (h, w) of g[n, c, i, j] / d[i, j]: (N, C, H, W)."""
+    xp_ = get_array_module(g)
+    N, C, H, W = x_shape
+    Ho, Wo = g.shape[2:]
+    gd = g / _avg_divisor(x_shape, kh, kw, sh, sw, ph, pw, count_include_pad, g.dtype, xp_)
+    dxpad = xp_.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=g.dtype)
+    for u in range(kh):
+        for v in range(kw):
+            dxpad[:, :, u:u + sh * Ho:sh, v:v + sw * Wo:sw] += gd
+    return dxpad[:, :, ph:ph + H, pw:pw + W]
