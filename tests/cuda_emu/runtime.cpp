@@ -1,0 +1,280 @@
+// The grid runtime of the CUDA emulator (see cuda_emu.h and build.py). Linked into every emulated kernel module.
+//
+// A launch runs its blocks on a few OS worker threads (blocks in parallel, so atomics between blocks are real);
+// within a block the CUDA threads are fibers of one worker, each running until it reaches
+// __syncthreads() or returns. A barrier phase ends when every thread of the block has arrived; threads that
+// exit while others wait at a barrier are an error (a barrier in divergent code). Because a fiber runs up to its
+// next barrier in one go, shared memory read before the barrier that should order it is read before the other
+// threads wrote it: a missing __syncthreads() shows on every run, not once in a while. The threads of a phase run
+// in index order in even blocks and in reverse order in odd ones (and alternate from phase to phase), so a read
+// of a lower or of a higher thread's value both show. Dynamic shared memory starts filled with 0xFF bytes
+// (NaN for float and double) and has a guard after it that is checked after every block.
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "cuda_emu.h"
+
+// ------------------------------------------------------------------------------------------- context switch
+// On x86-64 a minimal switch (callee-saved registers, MXCSR and the x87 control word: ~10 ns); elsewhere ucontext
+// (~1 us: it saves the signal mask with a system call).
+#if defined(__x86_64__)
+extern "C" void emu_switch(void** save_sp, void* new_sp);
+asm(R"(
+.text
+.globl emu_switch
+.hidden emu_switch
+.type emu_switch,@function
+emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+.size emu_switch, .-emu_switch
+)");
+struct Context {
+    void* sp = nullptr;
+};
+inline void switch_to(Context& save, Context& to) { emu_switch(&save.sp, to.sp); }
+inline void init_context(Context& c, char* stack, size_t size, void (*fn)()) {
+    uintptr_t top = ((uintptr_t)(stack + size)) & ~(uintptr_t)15;
+    void** p = (void**)top;
+    *--p = nullptr;      // (fn's return address: fn never returns)
+    *--p = (void*)fn;    // emu_switch's ret goes to fn with rsp = 8 mod 16, as after a call
+    for (int i = 0; i < 6; ++i) *--p = nullptr;  // rbp rbx r12 r13 r14 r15
+    *--p = nullptr;
+    ((uint32_t*)p)[0] = 0x1F80;  // MXCSR default
+    ((uint16_t*)p)[2] = 0x037F;  // x87 control word default
+    c.sp = p;
+}
+#else
+struct Context {
+    ucontext_t uc;
+};
+inline void switch_to(Context& save, Context& to) { swapcontext(&save.uc, &to.uc); }
+inline void init_context(Context& c, char* stack, size_t size, void (*fn)()) {
+    getcontext(&c.uc);
+    c.uc.uc_stack.ss_sp = stack;
+    c.uc.uc_stack.ss_size = size;
+    c.uc.uc_link = nullptr;
+    makecontext(&c.uc, fn, 0);
+}
+#endif
+
+thread_local uint3 threadIdx;
+thread_local uint3 blockIdx;
+thread_local dim3 blockDim;
+thread_local dim3 gridDim;
+
+namespace {
+
+enum State { READY, AT_BARRIER, DONE };
+constexpr size_t kStack = 256 * 1024;  // per fiber, reserved lazily (MAP_NORESERVE), a guard page below it
+constexpr size_t kSmemGuard = 256;
+
+struct Launch {
+    void (*tramp)(void**);
+    void** args;
+    dim3 grid, block;
+    size_t shared;
+    std::atomic<long long> next{0};
+    std::atomic<bool> failed{false};
+    std::mutex mu;
+    std::string error;
+    void fail(const std::string& msg) {
+        std::lock_guard<std::mutex> lock(mu);
+        if (!failed.exchange(true)) error = msg;
+    }
+};
+
+struct Worker {
+    Launch* L = nullptr;
+    int n = 0;  // threads per block
+    std::vector<Context> ctx;
+    std::vector<int> state;
+    char* stacks = nullptr;
+    size_t stacks_bytes = 0;
+    Context sched;
+    int cur = 0;
+    bool fibers = false;  // false: the threads run as plain calls (no barrier reached by the first one)
+    bool stray_barrier = false;
+    unsigned char* smem = nullptr;
+
+    ~Worker() {
+        if (stacks) munmap(stacks, stacks_bytes);
+        free(smem);
+    }
+};
+
+thread_local Worker* W = nullptr;
+
+uint3 thread_index(int t, dim3 b) {
+    return uint3{(unsigned)(t % b.x), (unsigned)((t / b.x) % b.y), (unsigned)(t / (b.x * b.y))};
+}
+
+void fiber_entry() {
+    Worker* w = W;
+    w->L->tramp(w->L->args);
+    w->state[w->cur] = DONE;
+    switch_to(w->ctx[w->cur], w->sched);  // never resumed
+    __builtin_trap();
+}
+
+bool make_fiber(Worker* w, int t) {
+    if (!w->stacks) {
+        w->stacks_bytes = (size_t)w->n * kStack;
+        void* p = mmap(nullptr, w->stacks_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                       -1, 0);
+        if (p == MAP_FAILED) return false;
+        w->stacks = (char*)p;
+        long page = sysconf(_SC_PAGESIZE);
+        for (int i = 0; i < w->n; ++i) mprotect(w->stacks + (size_t)i * kStack, page, PROT_NONE);  // overflow: SIGSEGV
+    }
+    init_context(w->ctx[t], w->stacks + (size_t)t * kStack, kStack, fiber_entry);
+    w->state[t] = READY;
+    return true;
+}
+
+void resume(Worker* w, int t) {
+    threadIdx = thread_index(t, w->L->block);
+    w->cur = t;
+    switch_to(w->sched, w->ctx[t]);
+}
+
+std::string block_name(uint3 b) {
+    return "block (" + std::to_string(b.x) + ", " + std::to_string(b.y) + ", " + std::to_string(b.z) + ")";
+}
+
+void run_block(Worker* w, long long linear) {
+    Launch* L = w->L;
+    const dim3 g = L->grid;
+    blockIdx = uint3{(unsigned)(linear % g.x), (unsigned)((linear / g.x) % g.y), (unsigned)(linear / ((long long)g.x * g.y))};
+    if (w->smem) memset(w->smem, 0xFF, L->shared + kSmemGuard);
+    const int n = w->n;
+    const bool odd = linear & 1;
+    auto order = [&](int phase, int i) { return ((phase & 1) != odd) ? n - 1 - i : i; };
+
+    // The first thread runs as a fiber; if it returns without reaching a barrier, the block has none (a barrier
+    // that only some threads reach is an error anyway) and the others run as plain calls, which is fast.
+    int first = order(0, 0);
+    w->fibers = true;
+    if (!make_fiber(w, first)) return L->fail("could not allocate fiber stacks");
+    resume(w, first);
+    if (w->state[first] == DONE) {
+        w->fibers = false;
+        w->stray_barrier = false;
+        for (int i = 1; i < n; ++i) {
+            int t = order(0, i);
+            threadIdx = thread_index(t, L->block);
+            w->cur = t;
+            L->tramp(L->args);
+        }
+        if (w->stray_barrier)
+            L->fail("__syncthreads() reached by some threads of " + block_name(blockIdx) +
+                    " but not by thread " + std::to_string(first) + ": a barrier in divergent code");
+    } else {
+        for (int t = 0; t < n; ++t)
+            if (t != first && !make_fiber(w, t)) return L->fail("could not allocate fiber stacks");
+        for (int phase = 0;; ++phase) {
+            for (int i = 0; i < n; ++i) {
+                int t = order(phase, i);
+                if (w->state[t] == READY) resume(w, t);
+            }
+            int done = 0;
+            for (int t = 0; t < n; ++t) done += w->state[t] == DONE;
+            if (done == n) break;
+            if (done > 0) {
+                L->fail("__syncthreads() number " + std::to_string(phase + 1) + " of " + block_name(blockIdx) +
+                        " reached by " + std::to_string(n - done) + " of its " + std::to_string(n) +
+                        " threads, the others returned: a barrier in divergent code");
+                break;
+            }
+            for (int t = 0; t < n; ++t) w->state[t] = READY;
+        }
+    }
+    if (w->smem) {
+        for (size_t i = 0; i < kSmemGuard; ++i)
+            if (w->smem[L->shared + i] != 0xFF) {
+                L->fail(block_name(blockIdx) + " wrote past the end of its dynamic shared memory (shared_mem=" +
+                        std::to_string(L->shared) + " bytes), at byte " + std::to_string(L->shared + i));
+                break;
+            }
+    }
+}
+
+void work(Launch* L) {
+    Worker w;
+    w.L = L;
+    w.n = (int)(L->block.x * L->block.y * L->block.z);
+    w.ctx.resize(w.n);
+    w.state.assign(w.n, DONE);
+    w.smem = (unsigned char*)aligned_alloc(256, ((L->shared + kSmemGuard + 255) / 256) * 256);
+    W = &w;
+    blockDim = L->block;
+    gridDim = L->grid;
+    const long long nblocks = (long long)L->grid.x * L->grid.y * L->grid.z;
+    for (long long b; !L->failed && (b = L->next++) < nblocks;) run_block(&w, b);
+    W = nullptr;
+}
+
+}  // namespace
+
+namespace emu {
+void syncthreads() {
+    Worker* w = W;
+    if (!w->fibers) {  // reached by a later thread after the first one returned without a barrier
+        w->stray_barrier = true;
+        return;
+    }
+    w->state[w->cur] = AT_BARRIER;
+    switch_to(w->ctx[w->cur], w->sched);
+}
+
+unsigned char* dynamic_shared() { return W->smem; }
+}  // namespace emu
+
+extern "C" int emu_launch(void (*tramp)(void**), void** args, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
+                          unsigned by, unsigned bz, size_t shared, int workers, char* err, size_t errlen) {
+    Launch L;
+    L.tramp = tramp;
+    L.args = args;
+    L.grid = dim3(gx, gy, gz);
+    L.block = dim3(bx, by, bz);
+    L.shared = shared;
+    long long nblocks = (long long)gx * gy * gz;
+    int nw = (int)(workers < nblocks ? workers : nblocks);
+    std::vector<std::thread> pool;
+    for (int i = 1; i < nw; ++i) pool.emplace_back(work, &L);
+    work(&L);
+    for (auto& t : pool) t.join();
+    if (L.failed) {
+        snprintf(err, errlen, "%s", L.error.c_str());
+        return 1;
+    }
+    return 0;
+}
