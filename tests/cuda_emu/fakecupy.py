@@ -140,6 +140,8 @@ class ndarray:
     device = property(lambda self: cuda.Device(0))
 
     def __getattr__(self, name):
+        if name.startswith("__"):  # (__array_interface__ & co. would hand NumPy the buffer)
+            raise AttributeError(name)
         try:
             attr = getattr(self._a, name)
         except AttributeError:

@@ -1,13 +1,12 @@
 // The grid runtime of the CUDA emulator (see cuda_emu.h and build.py). Linked into every emulated kernel module.
 //
 // A launch runs its blocks on a few OS worker threads (blocks in parallel, so atomics between blocks are real);
-// within a block the CUDA threads are fibers of one worker, each running until it reaches
-// __syncthreads() or returns. A barrier phase ends when every thread of the block has arrived; threads that
-// exit while others wait at a barrier are an error (a barrier in divergent code). Because a fiber runs up to its
-// next barrier in one go, shared memory read before the barrier that should order it is read before the other
-// threads wrote it: a missing __syncthreads() shows on every run, not once in a while. The threads of a phase run
-// in index order in even blocks and in reverse order in odd ones (and alternate from phase to phase), so a read
-// of a lower or of a higher thread's value both show. Dynamic shared memory starts filled with 0xFF bytes
+// within a block the CUDA threads are fibers of one worker, each running until it reaches __syncthreads() or
+// returns. A barrier phase ends when every thread of the block has arrived; threads that exit while others wait at
+// a barrier are an error (a barrier in divergent code). Because a fiber runs up to its next barrier in one go, and
+// the threads of a phase run in a shuffled order (the same on every run), shared memory read without the barrier
+// that should order it is read before the other threads wrote it: a missing __syncthreads() shows on every run,
+// not once in a while. Dynamic shared memory starts filled with 0xFF bytes
 // (NaN for float and double) and has a guard after it that is checked after every block.
 #include <stdlib.h>
 #include <string.h>
@@ -117,6 +116,7 @@ struct Worker {
     int n = 0;  // threads per block
     std::vector<Context> ctx;
     std::vector<int> state;
+    std::vector<int> perm;
     char* stacks = nullptr;
     size_t stacks_bytes = 0;
     Context sched;
@@ -176,8 +176,21 @@ void run_block(Worker* w, long long linear) {
     blockIdx = uint3{(unsigned)(linear % g.x), (unsigned)((linear / g.x) % g.y), (unsigned)(linear / ((long long)g.x * g.y))};
     if (w->smem) memset(w->smem, 0xFF, L->shared + kSmemGuard);
     const int n = w->n;
-    const bool odd = linear & 1;
-    auto order = [&](int phase, int i) { return ((phase & 1) != odd) ? n - 1 - i : i; };
+    // The threads of each phase run in a shuffled order (fixed per block and phase, so runs repeat exactly): a
+    // thread that reads what a higher one, or a lower one, should have written first, reads it too early.
+    std::vector<int>& perm = w->perm;
+    auto shuffle = [&](int phase) {
+        uint64_t s = 0x9E3779B97F4A7C15ull * (uint64_t)(linear + 1) + 0xD1B54A32D192ED03ull * (uint64_t)(phase + 1);
+        for (int i = 0; i < n; ++i) perm[i] = i;
+        for (int i = n - 1; i > 0; --i) {
+            s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+            int j = (int)(s % (uint64_t)(i + 1));
+            int tmp = perm[i];
+            perm[i] = perm[j], perm[j] = tmp;
+        }
+    };
+    shuffle(0);
+    auto order = [&](int, int i) { return perm[i]; };
 
     // The first thread runs as a fiber; if it returns without reaching a barrier, the block has none (a barrier
     // that only some threads reach is an error anyway) and the others run as plain calls, which is fast.
@@ -201,6 +214,7 @@ void run_block(Worker* w, long long linear) {
         for (int t = 0; t < n; ++t)
             if (t != first && !make_fiber(w, t)) return L->fail("could not allocate fiber stacks");
         for (int phase = 0;; ++phase) {
+            if (phase) shuffle(phase);
             for (int i = 0; i < n; ++i) {
                 int t = order(phase, i);
                 if (w->state[t] == READY) resume(w, t);
@@ -233,6 +247,7 @@ void work(Launch* L) {
     w.n = (int)(L->block.x * L->block.y * L->block.z);
     w.ctx.resize(w.n);
     w.state.assign(w.n, DONE);
+    w.perm.resize(w.n);
     w.smem = (unsigned char*)aligned_alloc(256, ((L->shared + kSmemGuard + 255) / 256) * 256);
     W = &w;
     blockDim = L->block;
