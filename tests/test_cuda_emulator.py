@@ -62,12 +62,22 @@ extern "C" __global__ void smem_fill(float* out, int m) {
 """
 
 
-@pytest.fixture(scope="module")
-def emu():
+@pytest.fixture(scope="module", params=["fibers", "os"])
+def emu(request):
+    """The emulator with the threads of a block as fibers (the default) and as OS threads
+    (MINISR_CUDA_EMU_THREADS=os)."""
     with emulated():
         import cupy
 
-        yield cupy, cupy.RawModule(code=SOURCE, options=("-std=c++14",))
+        yield cupy, cupy.RawModule(code=SOURCE, options=("-std=c++14",), emu_threads=request.param)
+
+
+@pytest.fixture(scope="module")
+def emu_fibers():
+    with emulated():
+        import cupy
+
+        yield cupy, cupy.RawModule(code=SOURCE, options=("-std=c++14",), emu_threads="fibers")
 
 
 def test_arguments_are_checked_against_the_c_signature(emu):
@@ -96,10 +106,11 @@ def test_arguments_are_checked_against_the_c_signature(emu):
 
 
 @pytest.mark.parametrize("blocks", [1, 3])
-def test_a_missing_syncthreads_is_caught(emu, blocks):
+def test_a_missing_syncthreads_is_caught(emu_fibers, blocks):
     """The block sum is right with both barriers and wrong (NaN: unwritten shared memory, or a partial sum) without
-    either of them, on one block or several."""
-    cp, mod = emu
+    either of them, on one block or several. (Fibers only: with OS threads a race shows when the scheduler happens
+    to interleave the threads so; the fibers catch it on every run.)"""
+    cp, mod = emu_fibers
     x = np.random.default_rng(0).random(3000).astype(np.float32)
     dx, out = cp.asarray(x), cp.empty(blocks, np.float32)
     mod.get_function("sum_ok")((blocks,), (128,), (dx, out, np.int64(x.size)), shared_mem=128 * 4)

@@ -31,6 +31,10 @@ RUNTIME = HERE / "runtime.cpp"
 CXX = os.environ.get("CXX", "g++")
 #: blocks run on this many OS threads at a time (the threads of a block are fibers of one of them)
 WORKERS = int(os.environ.get("MINISR_CUDA_EMU_WORKERS", "2"))
+#: "fibers" (default: the threads of a block as fibers, deterministic) or "os" (one OS thread per CUDA thread)
+THREADS = os.environ.get("MINISR_CUDA_EMU_THREADS", "fibers").strip().lower()
+if THREADS not in ("fibers", "os"):
+    raise ValueError(f"MINISR_CUDA_EMU_THREADS={THREADS!r}: use fibers or os")
 MAX_THREADS_PER_BLOCK = 1024
 MAX_SHARED = 48 * 1024  # dynamic shared memory a launch may ask for without opting in (cudaFuncSetAttribute)
 
@@ -174,11 +178,13 @@ def _source_name(code, includes):
 class Module:
     """The emulated ``cupy.RawModule``: compiled for the CPU on first use, cached per preprocessed-source hash."""
 
-    def __init__(self, code: str, options=()):
+    def __init__(self, code: str, options=(), threads: str | None = None):
+        self.threads = threads or THREADS
         options = tuple(options)
         self.includes = [o[2:] for o in options if o.startswith("-I")]
         std = [o for o in options if o.startswith("-std=")] or ["-std=c++17"]
         flags = std + [o for o in options if o.startswith(("-I", "-D", "-U"))]
+        flags += ["-DEMU_OS_THREADS"] if self.threads == "os" else []
         self.source = _source_name(code, self.includes)
         text = f'#line 1 "{self.source}"\n' + rewrite_extern_shared(code)
         key = _sha(text, " ".join(flags))
@@ -209,7 +215,7 @@ class Module:
         self.lib = ctypes.CDLL(str(so))
         self.lib.emu_launch.restype = ctypes.c_int
         self.lib.emu_launch.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_uint] * 6 + [
-            ctypes.c_size_t, ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
+            ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
 
     def get_function(self, name: str) -> Kernel:
         if name not in self.kernels:
@@ -301,7 +307,8 @@ class Kernel:
             storage.append(_CTYPES[p.dtype](a.item()))
         ptrs = (ctypes.c_void_p * max(1, len(storage)))(*[ctypes.addressof(s) for s in storage])
         err = ctypes.create_string_buffer(2048)
-        rc = self.module.lib.emu_launch(self.entry, ptrs, *grid, *block, shared_mem, WORKERS, err, len(err))
+        rc = self.module.lib.emu_launch(self.entry, ptrs, *grid, *block, shared_mem, WORKERS,
+                                         self.module.threads == "os", err, len(err))
         if rc:
             raise RuntimeError(f"kernel {self.name} ({self.module.source}), grid {grid} block {block}: "
                                f"{err.value.decode()}")

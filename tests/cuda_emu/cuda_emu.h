@@ -26,7 +26,11 @@
 #define __noinline__ __attribute__((noinline))
 #define __launch_bounds__(...)
 #define __align__(n) alignas(n)
+#ifdef EMU_OS_THREADS
+#define __shared__ static  // (MINISR_CUDA_EMU_THREADS=os: one block at a time)
+#else
 #define __shared__ static thread_local  // one worker OS thread runs one block at a time: per-block memory
+#endif
 
 struct uint3 {
     unsigned int x, y, z;

@@ -326,11 +326,12 @@ def get_array_module(*args):
 
 class RawModule:
     def __init__(self, code=None, *, path=None, options=(), backend="nvrtc", translate_cucomplex=False,
-                 enable_cooperative_groups=False, name_expressions=None, log_stream=None, jitify=False):
+                 enable_cooperative_groups=False, name_expressions=None, log_stream=None, jitify=False,
+                 emu_threads=None):
         if code is None:
             with open(path) as f:
                 code = f.read()
-        self._module = build.Module(code, options)
+        self._module = build.Module(code, options, threads=emu_threads)  # (emu_threads: "fibers" or "os")
 
     def get_function(self, name):
         return self._module.get_function(name)

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -257,10 +258,97 @@ void work(Launch* L) {
     W = nullptr;
 }
 
+// ------------------------------------------------------------------------------ OS-thread mode (opt-in)
+// MINISR_CUDA_EMU_THREADS=os: the threads of a block are real OS threads (one per CUDA thread), __syncthreads() a
+// mutex/condition-variable barrier between them, the blocks one after the other (static __shared__ arrays are then
+// plain statics: build.py compiles the kernels with -DEMU_OS_THREADS). Slower and not reproducible, but a race
+// between threads of a block that no barrier is missing for (a plain += where an atomic is needed) can show.
+struct OsBlock {
+    Launch* L;
+    int n;
+    long long nblocks;
+    unsigned char* smem;
+    std::mutex mu;
+    std::condition_variable cv;
+    int arrived = 0, exited = 0;
+    long long gen = 0, end_gen = 0;
+    bool stop = false;
+};
+thread_local OsBlock* OS = nullptr;
+
+void os_divergent(OsBlock* B) {  // (mu held) some threads wait at a barrier, all others returned
+    B->L->fail("__syncthreads() of " + block_name(blockIdx) + " reached by " + std::to_string(B->arrived) + " of its " +
+               std::to_string(B->n) + " threads, the others returned: a barrier in divergent code");
+    B->arrived = 0;
+    ++B->gen;
+    B->cv.notify_all();
+}
+
+void os_barrier(OsBlock* B) {
+    std::unique_lock<std::mutex> lock(B->mu);
+    long long g = B->gen;
+    if (++B->arrived + B->exited == B->n) {
+        if (B->exited) return os_divergent(B);
+        B->arrived = 0;
+        ++B->gen;
+        B->cv.notify_all();
+        return;
+    }
+    B->cv.wait(lock, [&] { return B->gen != g; });
+}
+
+void os_thread(OsBlock* B, int t) {
+    OS = B;
+    Launch* L = B->L;
+    threadIdx = thread_index(t, L->block);
+    blockDim = L->block;
+    gridDim = L->grid;
+    const dim3 g = L->grid;
+    for (long long b = 0; b < B->nblocks; ++b) {
+        blockIdx = uint3{(unsigned)(b % g.x), (unsigned)((b / g.x) % g.y), (unsigned)(b / ((long long)g.x * g.y))};
+        L->tramp(L->args);
+        std::unique_lock<std::mutex> lock(B->mu);
+        long long e = B->end_gen;
+        ++B->exited;
+        if (B->arrived && B->arrived + B->exited == B->n) os_divergent(B);
+        if (B->exited == B->n) {  // the block is done: check and refill its shared memory, start the next one
+            for (size_t i = 0; i < kSmemGuard; ++i)
+                if (B->smem[L->shared + i] != 0xFF) {
+                    L->fail(block_name(blockIdx) + " wrote past the end of its dynamic shared memory (shared_mem=" +
+                            std::to_string(L->shared) + " bytes)");
+                    break;
+                }
+            memset(B->smem, 0xFF, L->shared + kSmemGuard);
+            B->exited = 0;
+            B->stop = L->failed;
+            ++B->end_gen;
+            B->cv.notify_all();
+        } else {
+            B->cv.wait(lock, [&] { return B->end_gen != e; });
+        }
+        if (B->stop) break;
+    }
+    OS = nullptr;
+}
+
+void run_os_threads(Launch* L) {
+    OsBlock B;
+    B.L = L;
+    B.n = (int)(L->block.x * L->block.y * L->block.z);
+    B.nblocks = (long long)L->grid.x * L->grid.y * L->grid.z;
+    B.smem = (unsigned char*)aligned_alloc(256, ((L->shared + kSmemGuard + 255) / 256) * 256);
+    memset(B.smem, 0xFF, L->shared + kSmemGuard);
+    std::vector<std::thread> threads;
+    for (int t = 0; t < B.n; ++t) threads.emplace_back(os_thread, &B, t);
+    for (auto& th : threads) th.join();
+    free(B.smem);
+}
+
 }  // namespace
 
 namespace emu {
 void syncthreads() {
+    if (OS) return os_barrier(OS);
     Worker* w = W;
     if (!w->fibers) {  // reached by a later thread after the first one returned without a barrier
         w->stray_barrier = true;
@@ -270,11 +358,12 @@ void syncthreads() {
     switch_to(w->ctx[w->cur], w->sched);
 }
 
-unsigned char* dynamic_shared() { return W->smem; }
+unsigned char* dynamic_shared() { return OS ? OS->smem : W->smem; }
 }  // namespace emu
 
 extern "C" int emu_launch(void (*tramp)(void**), void** args, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
-                          unsigned by, unsigned bz, size_t shared, int workers, char* err, size_t errlen) {
+                          unsigned by, unsigned bz, size_t shared, int workers, int os_threads, char* err,
+                          size_t errlen) {
     Launch L;
     L.tramp = tramp;
     L.args = args;
@@ -282,11 +371,15 @@ extern "C" int emu_launch(void (*tramp)(void**), void** args, unsigned gx, unsig
     L.block = dim3(bx, by, bz);
     L.shared = shared;
     long long nblocks = (long long)gx * gy * gz;
-    int nw = (int)(workers < nblocks ? workers : nblocks);
-    std::vector<std::thread> pool;
-    for (int i = 1; i < nw; ++i) pool.emplace_back(work, &L);
-    work(&L);
-    for (auto& t : pool) t.join();
+    if (os_threads) {
+        run_os_threads(&L);
+    } else {
+        int nw = (int)(workers < nblocks ? workers : nblocks);
+        std::vector<std::thread> pool;
+        for (int i = 1; i < nw; ++i) pool.emplace_back(work, &L);
+        work(&L);
+        for (auto& t : pool) t.join();
+    }
     if (L.failed) {
         snprintf(err, errlen, "%s", L.error.c_str());
         return 1;
