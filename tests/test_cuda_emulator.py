@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cuda_emu import emulated
+from cuda_emu import emulated, unavailable
+
+pytestmark = pytest.mark.skipif(bool(unavailable()), reason=unavailable() or "-")
 
 SOURCE = r"""
 typedef long long idx_t;

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import shutil
 import sys
 
 BACKEND = "minisr.backends.cupy_backend"
@@ -36,14 +37,23 @@ def real_gpu() -> bool:
     return _state["real"]
 
 
+def unavailable() -> str:
+    """Why the emulator cannot run here ('' when it can): it needs Linux and a C++ compiler (g++, or $CXX)."""
+    if not sys.platform.startswith("linux"):
+        return f"the CUDA emulator runs on Linux only (this is {sys.platform})"
+    if not shutil.which(os.environ.get("CXX", "g++")):
+        return "the CUDA emulator needs g++ (or $CXX) to build the kernels"
+    return ""
+
+
 def mode() -> str:
-    """'device' (CuPy and a GPU), 'emulator', or 'none' (no GPU and MINISR_CUDA_EMULATE=0)."""
+    """'device' (CuPy and a GPU), 'emulator', or 'none' (no GPU, and MINISR_CUDA_EMULATE=0 or no emulator here)."""
     env = os.environ.get("MINISR_CUDA_EMULATE", "").strip()
     if env == "1":
         return "emulator"
     if real_gpu():
         return "device"
-    return "none" if env == "0" else "emulator"
+    return "none" if env == "0" or unavailable() else "emulator"
 
 
 @contextlib.contextmanager
