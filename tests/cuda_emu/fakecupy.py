@@ -307,7 +307,8 @@ def ones_like(a, dtype=None, order="K", subok=None, shape=None):
 
 
 def full_like(a, fill_value, dtype=None, order="K", subok=None, shape=None):
-    return full(*_like(_check_device(a), dtype, shape)[:1], fill_value, _like(a, dtype, shape)[1])
+    shape, dtype = _like(_check_device(a), dtype, shape)
+    return full(shape, fill_value, dtype)
 
 
 def _check_device(a):
