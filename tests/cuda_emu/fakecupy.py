@@ -325,6 +325,10 @@ def get_array_module(*args):
     return sys.modules[__name__] if any(isinstance(a, ndarray) for a in args) else np
 
 
+#: source -> the options it was given to RawModule with (the NVRTC test compiles with the backend's options)
+RAW_MODULE_OPTIONS: dict = {}
+
+
 class RawModule:
     def __init__(self, code=None, *, path=None, options=(), backend="nvrtc", translate_cucomplex=False,
                  enable_cooperative_groups=False, name_expressions=None, log_stream=None, jitify=False,
@@ -332,6 +336,7 @@ class RawModule:
         if code is None:
             with open(path) as f:
                 code = f.read()
+        RAW_MODULE_OPTIONS[code] = tuple(options)
         self._module = build.Module(code, options, threads=emu_threads)  # (emu_threads: "fibers" or "os")
 
     def get_function(self, name):
