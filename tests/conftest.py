@@ -30,3 +30,20 @@ def data_root():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def cuda():
+    """The "cuda" device for the GPU tests: CuPy on a real GPU; without one (or with MINISR_CUDA_EMULATE=1) the CUDA
+    emulator of tests/cuda_emu, which runs the unchanged kernels/*.cu and cupy_backend on the CPU. Yields "device" or
+    "emulator"; skips only without a GPU when MINISR_CUDA_EMULATE=0 or the emulator cannot run (no Linux, no g++)."""
+    import cuda_emu
+
+    mode = cuda_emu.mode()
+    if mode == "none":
+        pytest.skip("no GPU, and " + (cuda_emu.unavailable() or "MINISR_CUDA_EMULATE=0 forbids the CUDA emulator"))
+    if mode == "device":
+        yield "device"
+        return
+    with cuda_emu.emulated():
+        yield "emulator"
