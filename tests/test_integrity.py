@@ -456,3 +456,50 @@ def test_parallel_kernels_work_in_a_forked_child():
     assert child.exitcode == 0 and got is not None, f"the forked child failed (exit code {child.exitcode})"
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------- "noticed, not reproduced" items
+def test_l1_gradient_at_a_nan_prediction_is_zero_on_every_backend_as_torch(backend):
+    """The reference gave NaN (np.sign), the Numba and CUDA kernels 0, PyTorch 0."""
+    pred = Tensor(np.array([np.nan, 1.0, -1.0, 0.0], np.float32), requires_grad=True)
+    F.l1_loss(pred, np.zeros(4, np.float32)).backward()
+    np.testing.assert_array_equal(pred.grad, [0.0, 0.25, -0.25, 0.0])
+
+
+def test_checkpoint_save_changes_no_umask_and_syncs_the_folder(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    synced = []
+    real_fsync = os.fsync
+
+    def no_umask(*_):
+        raise AssertionError("os.umask() changes the mask of every thread of the process")
+
+    def fsync(fd):
+        synced.append(stat.S_ISDIR(os.fstat(fd).st_mode))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "umask", no_umask)
+    monkeypatch.setattr(os, "fsync", fsync)
+    path = checkpoint.save(tmp_path / "m.npz", {"w": np.ones(2, np.float32)}, {"epoch": 1})
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask
+    assert synced == [False, True]  # the file, then the folder holding the new name
+    assert checkpoint.load(path)["meta"] == {"epoch": 1}
+
+
+def test_shifted_kernels_are_built_under_numbas_compiler_lock():
+    """LLVM's context is shared with Numba: a kernel built on a conv worker must not run beside a Numba compile."""
+    from numba.core.compiler_lock import global_compiler_lock
+
+    from minisr.backends import shifted_kernel as sk
+
+    def probe(*_):
+        return global_compiler_lock.is_locked()
+
+    try:
+        assert sk._cached(probe, "integrity-probe") is True
+    finally:
+        sk._kernels.pop((probe, "integrity-probe"), None)
