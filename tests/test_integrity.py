@@ -377,10 +377,12 @@ def test_interrupted_wait_for_the_conv_workers_waits_for_the_running_shares():
     main = threading.main_thread().ident
     state = {"finished": 0, "started": 0}
     lock = threading.Lock()
+    slow_started = threading.Event()
 
     def interrupter():
         with lock:
             state["started"] += 1
+        slow_started.wait(10)
         signal.pthread_kill(main, signal.SIGINT)
         with lock:
             state["finished"] += 1
@@ -388,6 +390,7 @@ def test_interrupted_wait_for_the_conv_workers_waits_for_the_running_shares():
     def slow():
         with lock:
             state["started"] += 1
+        slow_started.set()
         time.sleep(0.5)
         with lock:
             state["finished"] += 1
@@ -396,30 +399,44 @@ def test_interrupted_wait_for_the_conv_workers_waits_for_the_running_shares():
         pool.run([interrupter, slow])
         time.sleep(5)  # (the signal arrives in run(), or at the latest here)
     with lock:
-        assert state["finished"] == state["started"], "run() returned while a share was still running"
+        assert state["finished"] == state["started"] == 2, "run() returned while a share was still running"
 
 
-def test_conv_after_an_interrupted_conv_is_right(backend):
-    """The end-to-end case: interrupt a multi-threaded conv, then run small convs on the calling thread."""
-    if backend != "numba" or _nb()._threads() < 2:
-        pytest.skip("needs the numba backend with >= 2 threads")
+def test_conv_after_an_interrupted_conv_is_right(monkeypatch):
+    """The end-to-end case: Ctrl-C while a conv's workers run, then a conv small enough to run on the calling
+    thread (one band), which uses worker 0's scratch columns. Worker 0 is slowed after the interrupt and the
+    small conv waits between making its columns and multiplying them, so an orphaned share always overlaps it."""
     nb = _nb()
+    if nb._threads() < 2:
+        pytest.skip("needs >= 2 Numba threads")
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((8, 16, 48, 48)).astype(np.float32)
-    w = rng.standard_normal((16, 16 * 9)).astype(np.float32)
-    xs = rng.standard_normal((1, 16, 6, 6)).astype(np.float32)
-    want = minisr.backends.numpy_backend.conv_forward(xs, w, 3, 3, 1, 1, 1, 1)
-    main = threading.main_thread().ident
-    timer = threading.Timer(0.01, signal.pthread_kill, (main, signal.SIGINT))
-    timer.start()
-    try:
-        for _ in range(50):
-            nb.conv_forward(x, w, 3, 3, 1, 1, 1, 1)
-    except KeyboardInterrupt:
-        pass
-    timer.join()
-    for _ in range(20):
-        np.testing.assert_allclose(nb.conv_forward(xs, w, 3, 3, 1, 1, 1, 1), want, rtol=1e-4, atol=1e-4)
+    x = rng.standard_normal((8, 4, 40, 40)).astype(np.float32)  # (4 channels: im2col + GEMM, one band per image)
+    w = rng.standard_normal((16, 4 * 9)).astype(np.float32)
+    xs = rng.standard_normal((1, 4, 3, 300)).astype(np.float32)  # one output row: one band, the calling thread
+    want = minisr.backends.numpy_backend.conv_forward(xs, w, 3, 3, 1, 1, 0, 0)
+    nb.conv_forward(x, w, 3, 3, 1, 1, 0, 0)  # (compiled and loaded before the timing below)
+    nb.conv_forward(xs, w, 3, 3, 1, 1, 0, 0)
+    main = threading.main_thread()
+    real = nb._im2col_image
+    interrupted = threading.Event()
+
+    def im2col_image(*args):
+        me = threading.current_thread()
+        if me.name.endswith("-1") and not interrupted.is_set():
+            interrupted.set()
+            signal.pthread_kill(main.ident, signal.SIGINT)
+        elif me is not main:
+            interrupted.wait(10)  # (worker 0 does its share after the interrupt, slowly)
+            time.sleep(0.05)
+        real(*args)
+        if me is main:
+            time.sleep(0.1)  # (the small conv's columns wait for their GEMM)
+
+    monkeypatch.setattr(nb, "_im2col_image", im2col_image)
+    with pytest.raises(KeyboardInterrupt):
+        nb.conv_forward(x, w, 3, 3, 1, 1, 0, 0)
+        time.sleep(5)  # (the signal arrives in the conv, or at the latest here)
+    np.testing.assert_allclose(nb.conv_forward(xs, w, 3, 3, 1, 1, 0, 0), want, rtol=1e-4, atol=1e-4)
 
 
 def _conv_in_child(queue):
