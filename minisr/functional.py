@@ -160,6 +160,10 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padd
 
     be = backend_for(x.data, weight.data)
     Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+    if N == 0:  # an empty batch (as PyTorch: an empty output, zero gradients); the kernels assume N >= 1
+        xp = get_array_module(x.data)
+        return make_result(xp.zeros((0, O, Ho, Wo), x.dtype), parents,
+                           lambda g: tuple(xp.zeros_like(p.data) for p in parents), "conv2d")
     w2 = weight.data.reshape(O, C * kh * kw)
     geometry = (kh, kw, sh, sw, ph, pw)
     out = be.conv_forward(x.data, w2, *geometry)  # W2 @ im2col(x)[n]: (N, O, P)

@@ -520,3 +520,14 @@ def test_shifted_kernels_are_built_under_numbas_compiler_lock():
         assert sk._cached(probe, "integrity-probe") is True
     finally:
         sk._kernels.pop((probe, "integrity-probe"), None)
+
+
+def test_conv2d_of_an_empty_batch(backend):
+    """N = 0: the Numba kernels divided by zero; PyTorch returns an empty output and zero gradients."""
+    x = Tensor(np.ones((0, 3, 5, 5), np.float32), requires_grad=True)
+    w = Tensor(np.ones((4, 3, 3, 3), np.float32), requires_grad=True)
+    b = Tensor(np.ones(4, np.float32), requires_grad=True)
+    y = F.conv2d(x, w, b, padding=1)
+    assert y.shape == (0, 4, 5, 5)
+    y.sum().backward()
+    assert x.grad.shape == (0, 3, 5, 5) and not w.grad.any() and not b.grad.any()
