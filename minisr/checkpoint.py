@@ -9,25 +9,40 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import numpy as np
+
+_JSON_VALUES = "_values_as_json"  # meta entry: {"optim/<key>": value} for values that are not arrays (None)
 
 
 def save(path, model_state: dict, meta: dict, optim_state: dict | None = None) -> Path:
     """Atomically write a checkpoint; returns its path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {f"model/{k}": np.asarray(v) for k, v in model_state.items()}
-    for k, v in (optim_state or {}).items():
-        arrays[f"optim/{k}"] = np.asarray(v)
+    arrays, json_values = {}, {}
+    entries = [(f"model/{k}", v) for k, v in model_state.items()]
+    entries += [(f"optim/{k}", v) for k, v in (optim_state or {}).items()]
+    for key, v in entries:  # never write what load() (allow_pickle=False) would refuse: no object arrays
+        a = np.asarray(v)
+        if not a.dtype.hasobject:
+            arrays[key] = a
+            continue
+        if a.ndim == 0:
+            v = a.item()  # (Optimizer.state_dict wraps every value with np.asarray)
+        try:  # None (e.g. in an optimizer param group) and other plain values go into the JSON meta
+            json.dumps(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"checkpoint.save({str(path)!r}): {key} holds {type(v).__name__} {v!r:.80}, which an "
+                             ".npz loaded with allow_pickle=False cannot hold; use numbers, strings or numeric "
+                             "arrays") from None
+        json_values[key] = v
+    if json_values:
+        meta = dict(meta, **{_JSON_VALUES: json_values})
     arrays["meta"] = np.array(json.dumps(meta))
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_beside(path)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; a checkpoint gets the usual permissions
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
@@ -37,7 +52,35 @@ def save(path, model_state: dict, meta: dict, optim_state: dict | None = None) -
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_dir(path.parent)  # ... and the rename itself on disk
     return path
+
+
+def _create_beside(path: Path):
+    """A new temporary file beside path, opened for writing: (fd, name). Created with mode 0o666, which the
+    kernel reduces by the umask as for any new file (no process-wide os.umask() call, which would race other
+    threads creating files)."""
+    for _ in range(100):
+        tmp = path.parent / f"{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), str(tmp)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary file beside {path}")
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Flush a directory entry change (the rename) to disk, where the OS allows it (not on Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def load(path) -> dict:
@@ -57,6 +100,7 @@ def load(path) -> dict:
     except ValueError as e:
         raise ValueError(f"{path} is not a minisr checkpoint: its 'meta' entry is not JSON ({e})") from e
     out = {"meta": meta, "model": {}, "optim": {}}
+    files.update(meta.pop(_JSON_VALUES, None) or {})
     for k, v in files.items():
         group, _, name = k.partition("/")
         if group in ("model", "optim"):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numbers
 
 from .backends import backend_for, get_array_module
-from .tensor import Tensor, is_grad_enabled, make_result
+from .tensor import Tensor, bump_version, is_grad_enabled, make_result, storage_of, storage_version
 
 __all__ = [
     "conv2d", "relu", "leaky_relu", "pixel_shuffle", "mse_loss", "l1_loss", "smoothness_loss", "pad",
@@ -33,23 +33,55 @@ def _check_ndim(x: Tensor, ndim: int, what: str, layout: str) -> None:
 
 
 def _saved(*tensors):
-    """For a backward that reads these tensors' data: a check that none was modified in place since."""
-    versions = [t._version for t in tensors]
+    """For a backward that reads these tensors' data: a check that none was modified in place since.
+
+    Call it in the forward, ``check = _saved(a, b)``, and ``check("op")`` first thing in the backward. Versions
+    belong to the storage, so a write through any view (reshape, slice, detach(), Tensor(t.data)) or by an
+    optimizer step is seen; an array (e.g. an op's own output, relu's y) may be passed as well as a tensor.
+    A tensor whose ``.data`` was replaced (load_state_dict) fails the check too.
+    """
+    arrays = [t.data if isinstance(t, Tensor) else t for t in tensors]
+    versions = [storage_version(a) for a in arrays]
 
     def check(op: str) -> None:
-        if any(t._version != v for t, v in zip(tensors, versions)):
-            raise RuntimeError(f"{op} backward: a tensor it needs was modified by an in-place op afterwards "
-                               "(relu(inplace=True) or add(inplace=True)); use the out-of-place op there")
+        for t, a, v in zip(tensors, arrays, versions):
+            if storage_version(a) != v or (isinstance(t, Tensor) and t.data is not a):
+                raise RuntimeError(f"{op} backward: a tensor it needs was modified by an in-place op afterwards "
+                                   "(relu(inplace=True), add(inplace=True), an optimizer step, or a write through "
+                                   "a view of its memory); use the out-of-place op there, or step the optimizer "
+                                   "after backward()")
 
     return check
 
 
 def _inplace_target(x: Tensor, op: str) -> None:
-    """In-place ops overwrite x's array: refuse where that would break the graph, as PyTorch does."""
-    if x.requires_grad and x.is_leaf and is_grad_enabled():
-        raise RuntimeError(f"{op}(inplace=True) on a leaf tensor that requires grad (a parameter or an input "
-                           "with requires_grad=True): its values are needed as they are; use inplace=False")
-    x._version += 1
+    """In-place ops overwrite x's array: refuse where that would break the graph, as PyTorch does. Call it
+    before writing; it records the write (bumps the storage's version)."""
+    if is_grad_enabled():
+        if x.requires_grad and x.is_leaf:
+            raise RuntimeError(f"{op}(inplace=True) on a leaf tensor that requires grad (a parameter or an input "
+                               "with requires_grad=True): its values are needed as they are; use inplace=False")
+        base = x
+        while base._view_of is not None:
+            base = base._view_of
+        if base is not x and base.requires_grad and base.is_leaf:
+            raise RuntimeError(f"{op}(inplace=True) on a view of a leaf tensor that requires grad (a parameter "
+                               f"or an input with requires_grad=True, shape {base.shape}): it would overwrite it; "
+                               "use inplace=False")
+        if x.requires_grad and x._ctx is not None and x._seen != x._version:
+            raise RuntimeError(f"{op}(inplace=True): its input was already modified in place after it was computed "
+                               "(through a view, or by an in-place op whose result was not used); use that op's "
+                               "result, or inplace=False")
+        x._inplace_at = bump_version(x.data)  # (make_result accepts x as the input of this op once)
+    else:
+        bump_version(x.data)
+
+
+def _view(y: Tensor, a: Tensor) -> Tensor:
+    """Mark y (a view-making op's result) as viewing a's storage when it does, for _inplace_target."""
+    if storage_of(y.data) is storage_of(a.data):
+        y._view_of = a
+    return y
 
 
 def _check_same(a: Tensor, b: Tensor, op: str) -> None:
@@ -99,6 +131,11 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padd
     x, weight = _tensor(x, "conv2d input"), _tensor(weight, "conv2d weight")
     _check_ndim(x, 4, "conv2d input", "(N, C, H, W)")
     _check_ndim(weight, 4, "conv2d weight", "(O, C, kh, kw)")
+    if 0 in weight.shape:
+        raise ValueError(f"conv2d: weight {weight.shape} is empty (zero output channels, input channels or "
+                         "kernel size): there is nothing to convolve with")
+    if isinstance(padding, str):
+        x, padding = _padding_mode(x, weight.shape[2:], stride, padding)
     N, C, H, W = x.shape
     O, Cw, kh, kw = weight.shape
     (sh, sw), (ph, pw) = _pair(stride, "stride"), _pair(padding, "padding")
@@ -123,6 +160,10 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padd
 
     be = backend_for(x.data, weight.data)
     Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+    if N == 0:  # an empty batch (as PyTorch: an empty output, zero gradients); the kernels assume N >= 1
+        xp = get_array_module(x.data)
+        return make_result(xp.zeros((0, O, Ho, Wo), x.dtype), parents,
+                           lambda g: tuple(xp.zeros_like(p.data) for p in parents), "conv2d")
     w2 = weight.data.reshape(O, C * kh * kw)
     geometry = (kh, kw, sh, sw, ph, pw)
     out = be.conv_forward(x.data, w2, *geometry)  # W2 @ im2col(x)[n]: (N, O, P)
@@ -130,7 +171,7 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padd
         be.bias_add(out, bias.data)
     out = out.reshape(N, O, Ho, Wo)
 
-    check = _saved(x)
+    check = _saved(x, weight)  # (the backward reads x for dw, the weight for dx; the bias not at all)
 
     def backward(g):
         check("conv2d")
@@ -147,6 +188,22 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padd
     return make_result(out, parents, backward, "conv2d")
 
 
+def _padding_mode(x: Tensor, kernel, stride, mode: str):
+    """PyTorch's padding strings: "valid" is no padding; "same" (stride 1 only) pads k - 1 in all per axis,
+    (k - 1) // 2 before and the rest after -- for an even kernel one more after, done by an explicit pad() of
+    x -- so the output has the input's size. Returns (x, padding for the symmetric case)."""
+    if mode == "valid":
+        return x, 0
+    if mode != "same":
+        raise ValueError(f"conv2d: padding {mode!r}: use an int, a pair of ints, 'same' or 'valid'")
+    if _pair(stride, "stride") != (1, 1):
+        raise ValueError(f"conv2d: padding='same' needs stride 1 (as in PyTorch), got stride {stride}")
+    (top, left), (bottom, right) = ((k - 1) // 2 for k in kernel), ((k - 1) - (k - 1) // 2 for k in kernel)
+    if (top, left) == (bottom, right):
+        return x, (top, left)
+    return pad(x, (left, right, top, bottom)), 0
+
+
 # ------------------------------------------------------------------------------------------------ activations
 def relu(x: Tensor, inplace: bool = False) -> Tensor:
     """y = max(x, 0);  dE/dx = dE/dy * [y > 0].
@@ -160,7 +217,13 @@ def relu(x: Tensor, inplace: bool = False) -> Tensor:
     if inplace:
         _inplace_target(x, "relu")
     y = be.relu_forward(x.data, out=x.data if inplace else None)
-    return make_result(y, [x], lambda g: (be.relu_backward(g, y),), "relu")
+    check = _saved(y)
+
+    def backward(g):
+        check("relu")
+        return (be.relu_backward(g, y),)
+
+    return make_result(y, [x], backward, "relu")
 
 
 def leaky_relu(x: Tensor, negative_slope: float = 0.01) -> Tensor:
@@ -214,8 +277,10 @@ def mse_loss(pred: Tensor, target) -> Tensor:
     pred, target = _loss_inputs(pred, target, "mse_loss")
     be = backend_for(pred.data)
     loss = be.mse_forward(pred.data, target.data)
+    check = _saved(pred, target)
 
     def backward(g):
+        check("mse_loss")
         d = be.mse_backward(pred.data, target.data, g)
         return d, (-d if target.requires_grad else None)
 
@@ -229,8 +294,10 @@ def l1_loss(pred: Tensor, target) -> Tensor:
     pred, target = _loss_inputs(pred, target, "l1_loss")
     be = backend_for(pred.data)
     loss = be.l1_forward(pred.data, target.data)
+    check = _saved(pred, target)
 
     def backward(g):
+        check("l1_loss")
         d = be.l1_backward(pred.data, target.data, g)
         return d, (-d if target.requires_grad else None)
 
@@ -389,7 +456,13 @@ def pow(a: Tensor, exponent: float) -> Tensor:
     if not isinstance(exponent, numbers.Number):
         raise TypeError("pow: the exponent must be a number")
     p = a.dtype.type(exponent)
-    return make_result(a.data ** p, [a], lambda g: (g * p * a.data ** (p - 1),), "pow")
+    check = _saved(a)
+
+    def backward(g):
+        check("pow")
+        return (g * p * a.data ** (p - 1),)
+
+    return make_result(a.data ** p, [a], backward, "pow")
 
 
 def astype(a: Tensor, dtype) -> Tensor:
@@ -403,10 +476,29 @@ def astype(a: Tensor, dtype) -> Tensor:
 
 # ------------------------------------------------------------------------------------------- shape and reduce
 def _norm_axes(axis, ndim):
+    """Sorted non-negative axes; out of range or repeated ones raise as NumPy does (no wrapping modulo ndim)."""
     if axis is None:
         return tuple(range(ndim))
     axes = (axis,) if isinstance(axis, numbers.Integral) else tuple(axis)
-    return tuple(sorted(int(a) % ndim for a in axes))
+    out = []
+    for ax in axes:
+        ax = int(ax)
+        if not -ndim <= ax < ndim:
+            raise _AxisError(ax, ndim)
+        out.append(ax % ndim)
+    if len(set(out)) != len(out):
+        raise ValueError(f"duplicate value in 'axis': {axis} for a {ndim}-D tensor")
+    return tuple(sorted(out))
+
+
+def _axis_error_class():
+    import numpy as np
+
+    exc = getattr(np, "exceptions", None)
+    return getattr(exc, "AxisError", None) or np.AxisError  # (numpy < 1.25 has only np.AxisError)
+
+
+_AxisError = _axis_error_class()
 
 
 def sum(a: Tensor, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001 - mirrors torch.sum
@@ -438,7 +530,7 @@ def reshape(a: Tensor, shape) -> Tensor:
         y = a.data.reshape(shape)
     except ValueError as e:
         raise ValueError(f"reshape: cannot reshape {a.shape} into {tuple(shape)}") from e
-    return make_result(y, [a], lambda g: (g.reshape(a.shape),), "reshape")
+    return _view(make_result(y, [a], lambda g: (g.reshape(a.shape),), "reshape"), a)
 
 
 def getitem(a: Tensor, index) -> Tensor:
@@ -464,7 +556,7 @@ def getitem(a: Tensor, index) -> Tensor:
             xp.add.at(ga, index, g)
         return (ga,)
 
-    return make_result(y, [a], backward, "getitem")
+    return _view(make_result(y, [a], backward, "getitem"), a)
 
 
 # ============================================================================================= classifier ops

@@ -22,7 +22,10 @@ def receptive_radius(model: nn.Module) -> int:
     pad = 0
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
-            p = m.padding if isinstance(m.padding, int) else max(m.padding)
+            if isinstance(m.padding, str):  # "same" with an even kernel: k // 2 on the wider side
+                p = max(m.kernel_size) // 2
+            else:
+                p = m.padding if isinstance(m.padding, int) else max(m.padding)
             pad += p
     return pad
 

@@ -164,7 +164,8 @@ class Conv2d(Module):
         weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in));
       * "gaussian": weight ~ N(0, std^2), bias 0 (SRCNN's 0.001);
       * "he": weight ~ N(0, 2 / fan_in), bias 0 (He et al., used by VDSR).
-    ``padding="same"`` pads k // 2 (odd kernels, stride 1).
+    ``padding="same"`` (stride 1) keeps the size: k // 2 on each side for odd kernels, PyTorch's asymmetric
+    padding for even ones; ``"valid"`` is 0.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
@@ -172,9 +173,12 @@ class Conv2d(Module):
         super().__init__()
         k = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
         if padding == "same":
-            if k[0] % 2 == 0 or k[1] % 2 == 0 or stride != 1:
-                raise ValueError("padding='same' needs odd kernels and stride 1")
-            padding = (k[0] // 2, k[1] // 2)
+            if stride != 1:
+                raise ValueError(f"padding='same' needs stride 1 (as in PyTorch), got stride {stride}")
+            # odd kernels: k // 2 on each side; even ones: PyTorch's asymmetric "same" (functional.conv2d)
+            padding = (k[0] // 2, k[1] // 2) if k[0] % 2 and k[1] % 2 else "same"
+        elif padding == "valid":
+            padding = 0
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, k
         self.stride, self.padding = stride, padding
         fan_in = in_channels * k[0] * k[1]

@@ -13,7 +13,7 @@ import numpy as np
 
 from .backends import backend_for, get_array_module
 from .device import to_device
-from .tensor import Tensor
+from .tensor import Tensor, bump_version, check_grad
 
 __all__ = ["Optimizer", "SGD", "Adam", "StepLR", "clip_grad_norm_", "clip_grad_value_"]
 
@@ -57,9 +57,12 @@ class Optimizer:
             p.grad = None
 
     def step(self) -> None:
-        for i, group, p in self._params():
-            if p.grad is not None:
-                self._update(p, group, self.state.setdefault(i, {}))
+        todo = [(i, group, p) for i, group, p in self._params() if p.grad is not None]
+        for i, _, p in todo:  # all checked before any is updated (the kernels trust their arguments)
+            check_grad(p, p.grad, f"{type(self).__name__}.step: parameter {i}'s .grad")
+        for i, group, p in todo:
+            self._update(p, group, self.state.setdefault(i, {}))
+            bump_version(p.data)  # an in-place write: a backward that saved p now raises
 
     def _update(self, p, group, state):
         raise NotImplementedError
@@ -98,7 +101,12 @@ class Optimizer:
             v = np.asarray(v)
             if v.ndim and v.shape != p.shape:
                 raise ValueError(f"optimizer state {key} has shape {v.shape}, parameter {i} has {p.shape}")
-            value = v.item() if v.ndim == 0 else to_device(np.ascontiguousarray(v, dtype=p.dtype), p.device)
+            # buffers (momentum, moments) are arrays of the parameter's shape -- 0-d ones too, for a 0-d
+            # parameter; counters (Adam's step) and float scalars for larger parameters are numbers
+            if v.ndim == 0 and (p.ndim or v.dtype.kind != "f"):
+                value = v.item()
+            else:
+                value = to_device(np.array(v, dtype=p.dtype, order="C").reshape(p.shape), p.device)
             self.state.setdefault(i, {})[name] = value
 
 

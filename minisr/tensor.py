@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import weakref
 
 import numpy as np
 
@@ -44,6 +45,47 @@ def enable_grad():
         yield
     finally:
         _state.grad_enabled = prev
+
+
+# ------------------------------------------------------------------------------------------- storage versions
+# In-place writes (relu(inplace=True), add(inplace=True), optimizer steps) bump a version counter that belongs to
+# the *storage* -- the array that owns the memory -- so every tensor viewing it (reshape, slices, detach(),
+# Tensor(t.data)) sees the same count, as PyTorch's storage version. A backward that reads saved data compares
+# the count it saw at the forward (functional._saved). Counts live here, keyed by the id of the owning object
+# (NumPy/CuPy views point at it through .base), and are dropped when it dies.
+_versions: dict[int, int] = {}
+
+
+def storage_of(arr):
+    """The object that owns arr's memory: the end of its .base chain (arr itself when it owns it)."""
+    while True:
+        base = getattr(arr, "base", None)
+        if base is None:
+            return arr
+        arr = base
+
+
+def storage_version(arr) -> int:
+    """How many in-place writes arr's storage has had."""
+    return _versions.get(id(storage_of(arr)), 0)
+
+
+def _set_storage_version(arr, value: int) -> None:
+    owner = storage_of(arr)
+    key = id(owner)
+    if key not in _versions:
+        try:
+            weakref.finalize(owner, _versions.pop, key, None)
+        except TypeError:  # (an owner that takes no weak reference: its count stays, a few bytes)
+            pass
+    _versions[key] = value
+
+
+def bump_version(arr) -> int:
+    """Record an in-place write into arr's storage (seen by every tensor viewing it); returns the new count."""
+    v = storage_version(arr) + 1
+    _set_storage_version(arr, v)
+    return v
 
 
 def _as_array(data, dtype=None):
@@ -82,7 +124,8 @@ class Tensor:
         self.grad = None
         self.requires_grad = bool(requires_grad)
         self._ctx = None  # (parents, backward_fn, op_name) for op outputs that need gradients
-        self._version = 0  # bumped by in-place ops (relu(inplace=True), add(inplace=True))
+        self._seen = storage_version(self.data)  # the storage's version when this tensor's values were made
+        self._view_of = None  # the tensor whose storage this one views, for view-making ops (reshape, getitem)
         self.name = None  # parameters get their module path here (used by graph views)
 
     # --------------------------------------------------------------------------------------------- properties
@@ -105,6 +148,15 @@ class Tensor:
     @property
     def device(self) -> str:
         return "cuda" if is_cupy_array(self.data) else "cpu"
+
+    @property
+    def _version(self) -> int:
+        """The version of the storage (bumped by in-place writes through any tensor viewing it)."""
+        return storage_version(self.data)
+
+    @_version.setter
+    def _version(self, value: int) -> None:  # (``t._version += 1`` records an in-place write)
+        _set_storage_version(self.data, int(value))
 
     @property
     def is_leaf(self) -> bool:
@@ -197,7 +249,7 @@ class Tensor:
             g = grads.pop(id(node), None)
             if node._ctx is None:
                 if g is not None and node.requires_grad:
-                    node.grad = g.copy() if node.grad is None else node.grad + g
+                    node.grad = g.copy() if node.grad is None else _accumulate(node, g)
                 continue
             if g is None:
                 continue
@@ -281,6 +333,26 @@ class Tensor:
         return F.reshape(self, shape)
 
 
+def check_grad(t: Tensor, grad, what: str = "grad"):
+    """A gradient for t must match it exactly: shape, dtype and device (a kernel that updates t through flat
+    views would otherwise read past the gradient's end, and a sum would silently broadcast)."""
+    shape = tuple(getattr(grad, "shape", ()))
+    if not hasattr(grad, "dtype") or shape != t.shape:
+        raise ValueError(f"{what} of shape {shape if hasattr(grad, 'shape') else type(grad).__name__} for a "
+                         f"tensor of shape {t.shape}{' (' + t.name + ')' if t.name else ''}: they must match")
+    if grad.dtype != t.dtype:
+        raise TypeError(f"{what} has dtype {grad.dtype}, the tensor{' ' + t.name if t.name else ''} has "
+                        f"{t.dtype}: they must match")
+    if is_cupy_array(grad) != is_cupy_array(t.data):
+        raise ValueError(f"{what} is on {'cuda' if is_cupy_array(grad) else 'cpu'}, the tensor on {t.device}")
+    return grad
+
+
+def _accumulate(leaf: Tensor, g):
+    check_grad(leaf, leaf.grad, "the .grad already there")
+    return leaf.grad + g
+
+
 def graph_order(root: Tensor, grad_only: bool = True) -> list[Tensor]:
     """Every tensor the graph of ``root`` reaches (ops and leaves), each after all of its inputs: forward order.
 
@@ -319,7 +391,25 @@ def make_result(data, parents, backward_fn, op: str) -> Tensor:
     out.data = data
     out.grad = None
     out.name = None
-    out._version = 0
+    out._seen = storage_version(data)
+    out._view_of = None
     out.requires_grad = is_grad_enabled() and any(p.requires_grad for p in parents)
+    if out.requires_grad:
+        for p in parents:
+            if p.requires_grad and p._ctx is not None and p._seen != p._version:
+                _stale_input(p, op)
     out._ctx = (tuple(parents), backward_fn, op) if out.requires_grad else None
     return out
+
+
+def _stale_input(p: Tensor, op: str) -> None:
+    """p's storage was written in place after p was made, by an op that did not return p: p's graph no longer
+    matches its values, so a gradient through it would be silently wrong."""
+    v = p._version
+    if getattr(p, "_inplace_at", None) == v:  # the in-place op that wrote p, wrapping its own result: fine
+        p._inplace_at = None
+        return
+    raise RuntimeError(f"{op}: an input ({p.op} output of shape {p.shape}) was modified in place after it was "
+                       "computed (through a view of its memory, or by an in-place op whose result was not used): "
+                       "its graph no longer matches its values and its gradient would be wrong; use the tensor the "
+                       "in-place op returned, or inplace=False")

@@ -261,24 +261,62 @@ class _Workers:
             except OSError:
                 pass
         while True:
-            fn, done, errors = q.get()
+            fn, call = q.get()
+            with call.cond:
+                if call.cancelled:  # (the caller was interrupted before this share started: skip it)
+                    fn = None
+                    continue
+                call.running += 1
             try:
                 fn()
             except BaseException as e:  # noqa: BLE001 -- handed to the caller
-                errors.append(e)
+                call.errors.append(e)
             finally:
                 fn = None  # (its closure refers to the call's arrays: keep none of them alive while waiting)
-                done.release()
+                with call.cond:
+                    call.running -= 1
+                    call.finished += 1
+                    call.cond.notify_all()
 
     def run(self, fns):
-        """Run fns[t] on worker t, all at once; returns when all are done (re-raising the first error)."""
-        done, errors = threading.Semaphore(0), []
-        for q, fn in zip(self.queues, fns):
-            q.put((fn, done, errors))
-        for _ in fns:
-            done.acquire()
-        if errors:
-            raise errors[0]
+        """Run fns[t] on worker t, all at once; returns when all are done (re-raising the first error).
+
+        If the wait is interrupted (Ctrl-C, or any exception), the shares not yet started are cancelled and the
+        running ones waited for before the exception goes on: the caller's batch lock is then released only
+        when no worker still writes its scratch buffers or the call's output."""
+        call = _Call()
+        try:
+            for q, fn in zip(self.queues, fns):
+                q.put((fn, call))
+            with call.cond:
+                while call.finished < len(fns):
+                    call.cond.wait()
+        except BaseException:
+            call.cancel_and_wait()
+            raise
+        if call.errors:
+            raise call.errors[0]
+
+
+class _Call:
+    """One run() of the workers: how many of its shares are running and finished, and whether it was cancelled."""
+
+    def __init__(self):
+        self.cond = threading.Condition()
+        self.running = self.finished = 0
+        self.cancelled = False
+        self.errors = []
+
+    def cancel_and_wait(self):
+        while True:
+            try:
+                with self.cond:
+                    self.cancelled = True
+                    while self.running:
+                        self.cond.wait()
+                return
+            except BaseException:  # noqa: BLE001 -- (a second Ctrl-C: the running shares are still waited for)
+                continue
 
 
 def _workers():
@@ -886,3 +924,57 @@ def avgpool2d_backward(g, x_shape, kh, kw, sh, sw, ph, pw, count_include_pad):
     dx = np.empty(x_shape, dtype=g.dtype)
     _avgpool_bwd(_c(g), kh, kw, sh, sw, ph, pw, bool(count_include_pad), dx)
     return dx
+# ----------------------------------------------------------------------------------------------------- fork()
+# GNU OpenMP (Numba's default threading layer where TBB is not installed) cannot run in a child forked after its
+# threads started: Numba then terminates the child ("fork() called from a process already using GNU OpenMP").
+# A threading layer is fixed for the life of a process, so a child forked after the parent ran parallel kernels
+# on that layer (multiprocessing's default on Linux: data loaders, evaluation pools) runs this backend's kernels
+# as the NumPy reference instead, with one warning. For parallel kernels in such children use a fork-safe layer,
+# NUMBA_THREADING_LAYER=workqueue (or tbb, with the tbb package), or the "spawn"/"forkserver" start method.
+# The child also gets fresh locks (one held by another thread at the fork would never be released there).
+_FORK_MESSAGE = ("minisr: this process was forked after Numba's GNU OpenMP threads had started, which cannot run "
+                 "in a forked child; the numba backend runs the NumPy reference kernels here. For parallel kernels "
+                 "in forked processes set NUMBA_THREADING_LAYER=workqueue (or install tbb), or use the 'spawn' or "
+                 "'forkserver' start method")
+
+
+def _gnu_openmp_started() -> bool:
+    try:
+        from numba.np.ufunc import parallel
+
+        if not parallel._is_initialized or numba.threading_layer() != "omp":
+            return False
+        from numba.np.ufunc import omppool
+
+        return getattr(omppool, "openmp_vendor", "GNU") == "GNU"
+    except Exception:  # noqa: BLE001 -- (another Numba layout: assume nothing is wrong)
+        return False
+
+
+def _reference_kernel(fn, warned=[]):  # noqa: B006 -- one warning per process
+    def kernel(*args, **kwargs):
+        if not warned:
+            warned.append(True)
+            import warnings
+
+            warnings.warn(_FORK_MESSAGE, RuntimeWarning, stacklevel=3)
+        return fn(*args, **kwargs)
+
+    kernel.__name__ = kernel.__qualname__ = fn.__name__
+    return kernel
+
+
+def _after_fork_in_child() -> None:
+    global _cache_lock, _pool_lock, _batch_lock
+    _cache_lock, _pool_lock, _batch_lock = threading.Lock(), threading.Lock(), threading.Lock()
+    if _gnu_openmp_started():
+        from . import KERNELS
+
+        g = globals()
+        for name in KERNELS:
+            if hasattr(_reference, name):
+                g[name] = _reference_kernel(getattr(_reference, name))
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -151,8 +151,11 @@ def l1_forward(a, b):
 
 
 def l1_backward(a, b, g):
-    """d/da mean(|a - b|) * g = sign(a - b) g / n, with sign(0) = 0 (as PyTorch)."""
-    return get_array_module(a).sign(a - b) * a.dtype.type(float(g) / a.size)
+    """d/da mean(|a - b|) * g = sign(a - b) g / n, with sign(0) = 0 and 0 at NaN (as PyTorch, and the Numba and
+    CUDA kernels)."""
+    d = a - b
+    sign = (d > 0).astype(d.dtype) - (d < 0).astype(d.dtype)  # (np.sign would give NaN at NaN)
+    return sign * a.dtype.type(float(g) / a.size)
 
 
 # ------------------------------------------------------------------------------------------------- optimizers

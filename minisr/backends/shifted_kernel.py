@@ -281,7 +281,12 @@ def dot_kernel(MB: int, NB: int, dtype):
 def _cached(build, *key):
     with _lock:
         if (build, *key) not in _kernels:
-            _kernels[(build, *key)] = build(*key)
+            # LLVM's global context is not thread-safe: build under Numba's compiler lock, so a kernel compiled
+            # on a conv worker never runs beside a Numba compile in another thread
+            from numba.core.compiler_lock import global_compiler_lock
+
+            with global_compiler_lock:
+                _kernels[(build, *key)] = build(*key)
         return _kernels[(build, *key)]
 
 

@@ -18,6 +18,9 @@ class SRCNN(nn.Module):
         if padding not in ("valid", "same"):
             raise ValueError(f"SRCNN padding must be 'valid' or 'same', got {padding!r}")
         f1, f2, f3 = (int(k) for k in kernels)
+        if any(k < 1 or k % 2 == 0 for k in (f1, f2, f3)):  # (the border and the centring assume odd kernels)
+            raise ValueError(f"SRCNN kernel sizes must be odd (>= 1) so the output stays centred on the input "
+                             f"pixels, got {tuple(kernels)}")
         n1, n2 = (int(n) for n in features)
         self.config = dict(kernels=[f1, f2, f3], features=[n1, n2], padding=padding, in_channels=in_channels,
                            init=init)
