@@ -262,12 +262,12 @@ def pixel_shuffle(x: Tensor, upscale_factor: int) -> Tensor:
 # ----------------------------------------------------------------------------------------------------- losses
 def _loss_inputs(pred, target, op):
     pred = _tensor(pred, f"{op} input")
-    if not isinstance(target, Tensor):  # an array target is cast to pred's dtype, but only from float data
+    if not isinstance(target, Tensor):  # an array target is cast to pred's dtype and device, but only from float data
         kind = getattr(getattr(target, "dtype", None), "kind", "f")
         if kind != "f":
             raise TypeError(f"{op}: target array has dtype {target.dtype} (shape {tuple(target.shape)}); "
                             "minisr compares float data, convert it first (images: divide uint8 by 255)")
-        target = Tensor(target, dtype=pred.dtype)
+        target = Tensor(target, dtype=pred.dtype).to(pred.device)
     _check_same(pred, target, op)
     return pred, target
 

@@ -219,20 +219,9 @@ def test_bad_input_errors(call, match):
         call()
 
 
-# ------------------------------------------------------------------------------------------ GPU (CuPy) only
-def _has_gpu():
-    try:
-        from minisr.device import import_cupy
-
-        import_cupy()
-        return True
-    except RuntimeError:
-        return False
-
-
-@pytest.mark.skipif(not _has_gpu(), reason="needs CuPy and an NVIDIA GPU")
+# ----------------------------------------------------------------- GPU (a real device, or the CUDA emulator)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_classifier_step_on_gpu_matches_numpy(dtype):
+def test_classifier_step_on_gpu_matches_numpy(cuda, dtype):
     """Every classifier op (the pool.cu kernels included) forward and backward on the GPU, against the CPU."""
     rng = np.random.default_rng(4)
     x, t = rng.standard_normal((4, 2, 9, 8)).astype(dtype), rng.integers(0, 3, 4)
