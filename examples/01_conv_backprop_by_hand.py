@@ -232,7 +232,9 @@ def main(argv=None) -> int:
         axes[r, 3].set_xticks([])
         axes[r, 3].set_yticks([])
         fig.colorbar(im, ax=axes[r, 3], fraction=0.046)
-    bias_note = f"; dE/db by hand {np.array2string(db_hand, precision=4)}" if bias else ""
+    bias_note = (f"\ndE/db: by hand {np.array2string(db_hand[:4], precision=4)}{' ...' if O > 4 else ''}, max "
+                 f"|difference| {np.abs(db_hand - db_engine).max():.1e} from the engine, "
+                 f"{np.abs(db_hand - db_fd).max():.1e} from finite differences") if bias else ""
     fig.suptitle(f"conv layer gradients (first channel), {C}x{N}x{N} image, {O}x{C}x{m}x{m} filters, stride {s}, "
                  f"padding {p}: the three computations {verdict}{bias_note}", fontsize=10)
     fig.tight_layout()

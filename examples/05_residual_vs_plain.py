@@ -141,7 +141,7 @@ def main(argv=None) -> int:
         ax.set_xticks(x)
         ax.set_xticklabels(layers, rotation=60, ha="right", fontsize=7)
         ax.grid(True, which="both", alpha=0.3)
-    b.set_ylabel("|dE/d output of layer l| / |dE/d output of last layer|")
+    b.set_ylabel("g_l / g_last  (g = |dE/d output| of a conv layer)")
     legend_outside(c)
     save_figure(fig, png, f"VDSR-{args.depth} x{args.scale}: global residual against plain", args.tiny)
     return 0
