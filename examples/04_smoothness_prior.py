@@ -12,7 +12,10 @@ Every setting is trained from two seeds (weights and batches), so the table show
 effect. The figure: a crop of the cat from each model and the difference between the largest-lambda model and the
 plain one (what the prior changed), then the MSE part and S over training; S of the HR targets is the dashed line.
 
-    python examples/04_smoothness_prior.py [--lam 1e-5,1e-4 --seeds 2 --steps 150 --budget 420] [--out DIR] [--tiny]
+    python examples/04_smoothness_prior.py [--lam 1e-5,1e-4 --seeds 2 --steps 60 --budget 420] [--out DIR] [--tiny]
+
+Every run trains the same number of steps: when the first run is stopped by its share of ``--budget``, the others
+train as many steps as it did.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ def main(argv=None) -> int:
     ap = parser(__doc__, budget=420.0)
     ap.add_argument("--lam", default="1e-5,1e-4", help="comma-separated smoothness weights (default 1e-5,1e-4)")
     ap.add_argument("--seeds", type=int, default=2, help="seeds per setting (default 2: --seed and --seed + 1)")
-    ap.add_argument("--steps", type=int, default=150, help="training steps per run (default 150)")
+    ap.add_argument("--steps", type=int, default=60, help="training steps per run (default 60)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--scale", type=int, default=3, choices=(2, 3, 4))
@@ -68,19 +71,22 @@ def main(argv=None) -> int:
     border = SRCNN().border
     _, t_hr = next(patches(train_images, args.scale, 33, seed=args.seed).batches(args.batch_size, 0))
     s_target = F.smoothness_loss(Tensor(np.ascontiguousarray(t_hr[:, :, border:-border, border:-border]))).item()
-    print(f"SRCNN x{args.scale}, {args.steps} steps of {args.batch_size} 33x33 patches, Adam {args.lr:g}, "
+    print(f"SRCNN x{args.scale}, up to {args.steps} steps of {args.batch_size} 33x33 patches, Adam {args.lr:g}, "
           f"seeds {seeds}; S of one batch of HR targets: {s_target:.1f}")
 
-    runs = []
+    runs, steps = [], args.steps
     for lam in lams:
         for seed in seeds:
             name = "MSE" if lam == 0 else f"MSE + {lam:g} S"
             print(f"  {name}, seed {seed}")
             minisr.manual_seed(seed)
             model = SRCNN()
-            res = train(model, patches(train_images, args.scale, 33, seed=seed), steps=args.steps,
+            res = train(model, patches(train_images, args.scale, 33, seed=seed), steps=steps,
                         batch_size=args.batch_size, lr=args.lr, smoothness=lam, budget=budget,
-                        log=max(args.steps // 2, 1))
+                        log=max(steps // 2, 1))
+            if res["status"] == "budget" and not runs:  # the others then train as many steps, for a fair comparison
+                steps = res["steps"]
+                print(f"    (stopped by the budget after {steps} steps: every run trains {steps} steps)")
             runs.append(dict(name=name, lam=lam, seed=seed, model=model, psnr=psnr(model, val, args.scale), **res))
 
     # the cat: PSNR and S of the crop each model makes

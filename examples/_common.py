@@ -132,24 +132,23 @@ def save_figure(fig, png, title: str, tiny: bool) -> None:
     print(f"wrote {png}")
 
 
-def smooth(values, beta: float = 0.9):
-    """Exponential moving average with bias correction (as Adam's moments), for loss curves:
+def smooth(values, sigma: float = 3.0):
+    """Gaussian-weighted centred mean over the steps (for loss curves):
 
-        m_t = beta m_(t-1) + (1 - beta) v_t,  m_0 = 0;   smoothed_t = m_t / (1 - beta^t)
+        smoothed_t = sum_k w_tk v_k / sum_k w_tk,      w_tk = exp(-(t - k)^2 / (2 sigma^2)),  all k
 
-    One rule from the first step to the last (no switch from a growing to a fixed window, which draws a cliff that is
-    not in the data); the correction makes smoothed_1 = v_1 instead of pulling the start towards 0. The weights reach
-    back about 1 / (1 - beta) = 10 steps."""
+    One rule at every step: no window that stops growing or drops a value all at once (which draws a cliff that is
+    not in the data), and, being centred, no lag behind a falling loss. At the ends the weights that fall outside
+    are simply missing, so the first and last points average only their neighbours on one side."""
     v = np.asarray(values, dtype=float)
-    out = np.empty_like(v)
-    m = 0.0
-    for t, value in enumerate(v, start=1):
-        m = beta * m + (1.0 - beta) * value
-        out[t - 1] = m / (1.0 - beta ** t)
-    return out
+    if len(v) < 2:
+        return v.copy()
+    t = np.arange(len(v))
+    w = np.exp(-0.5 * ((t[:, None] - t[None, :]) / sigma) ** 2)
+    return (w @ v) / w.sum(axis=1)
 
 
-SMOOTHING = "EMA, beta 0.9"
+SMOOTHING = "Gaussian-weighted mean, sigma 3 steps"
 
 
 def plot_loss(ax, values, label: str, color=None):

@@ -39,19 +39,21 @@ def test_example_runs_tiny(script, tmp_path):
 
 
 def test_loss_smoothing_has_no_cliff():
-    """The loss curves' smoothing is one rule from the first step (an EMA with bias correction): a large first loss
-    fades out geometrically, with no jump when a window would drop it."""
+    """The loss curves' smoothing is one rule at every step (a Gaussian-weighted centred mean): a large first loss
+    fades out gradually, with no jump where a running window would drop it."""
     sys.path.insert(0, str(EXAMPLES))
     try:
         from _common import smooth
     finally:
         sys.path.remove(str(EXAMPLES))
     values = np.array([10.0] + [1.0] * 40)
-    s = smooth(values, beta=0.9)
-    assert s[0] == values[0] and len(s) == len(values)
+    s = smooth(values, sigma=3.0)
+    assert len(s) == len(values)
     drops = -np.diff(s)
-    assert np.all(drops > 0) and np.all(np.diff(drops) <= 1e-12)  # falling, ever more slowly: no cliff
-    t = np.arange(1, len(values) + 1)
-    ema = [sum(0.9 ** (k - i) * 0.1 * values[i - 1] for i in range(1, k + 1)) / (1 - 0.9 ** k) for k in t]
-    np.testing.assert_allclose(s, ema, rtol=1e-12)
+    assert np.all(drops > -1e-12) and np.all(np.diff(drops) < 1e-12)  # falling, ever more slowly: no cliff
+    t = np.arange(len(values))
+    w = np.exp(-0.5 * ((t[:, None] - t[None, :]) / 3.0) ** 2)
+    np.testing.assert_allclose(s, (w @ values) / w.sum(axis=1), rtol=1e-12)
     np.testing.assert_allclose(smooth(np.full(7, 3.0)), 3.0)  # a constant stays put
+    ramp = np.arange(40.0)
+    np.testing.assert_allclose(smooth(ramp)[15:25], ramp[15:25], atol=1e-3)  # centred: no lag behind a trend
