@@ -83,7 +83,8 @@ def main(argv=None) -> int:
     a, c = fig.subplots(1, 2)
     for r in rows:
         plot_loss(a, r["losses"], f"depth {r['depth']}")
-    a.set(xlabel="step", ylabel=f"MSE (light: per step; line: {SMOOTHING})", yscale="log", title="training loss")
+    a.set(xlabel="step", ylabel="MSE (training batch)", yscale="log")
+    a.set_title(f"training loss\nlight: every step; line: {SMOOTHING}", fontsize=9)
     legend_outside(a)
     c.plot([r["depth"] for r in rows], [r["psnr"] for r in rows], "o-", label="VDSR")
     c.axhline(bicubic, color="gray", ls="--", label=f"bicubic {bicubic:.2f} dB")

@@ -128,8 +128,8 @@ def main(argv=None) -> int:
     c.sharey(b)
     for r in runs:
         plot_loss(a, r["losses"], f"{r['name']} ({r['psnr']:.2f} dB)")
-    a.set(xlabel="step", ylabel=f"MSE (light: per step; line: {SMOOTHING})", yscale="log",
-          title="training loss (legend: val PSNR)")
+    a.set(xlabel="step", ylabel="MSE (training batch)", yscale="log")
+    a.set_title(f"training loss (legend: val PSNR)\nlight: every step; line: {SMOOTHING}", fontsize=9)
     legend_outside(a)
     x = np.arange(1, len(layers) + 1)
     for ax, when in ((b, "before"), (c, "after")):

@@ -167,3 +167,11 @@ def test_the_trace_example_runs_and_prints_the_doc_s_numbers(tmp_path, monkeypat
         if rec.layer is not None:
             assert rec.layer in ("0", "2")
     assert (tmp_path / "grads.png").is_file()
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_every_relative_link_and_image_exists(doc):
+    """Markdown links and images to files of the repository (not URLs or anchors) point at files that exist."""
+    targets = re.findall(r"!?\[[^\]]*\]\(([^)\s]+)\)", doc.read_text(encoding="utf-8"))
+    missing = [t for t in targets if not re.match(r"[a-z]+:|#", t) and not (doc.parent / t.split("#")[0]).exists()]
+    assert not missing, f"{doc.name} links to files that do not exist: {missing}"
