@@ -91,8 +91,8 @@ def main(argv=None) -> int:
     c.set(xlabel="depth (conv layers)", ylabel="PSNR (dB, Y)", title="validation PSNR after the budget",
           xticks=[r["depth"] for r in rows])
     legend_outside(c)
-    save_figure(fig, png, f"VDSR depth study, x{args.scale}, {args.features} features, {args.steps} steps "
-                       "per depth", args.tiny)
+    save_figure(fig, png, f"VDSR depth study, x{args.scale}, {args.features} features, up to {args.steps} steps "
+                       f"or {args.budget / len(depths):.0f} s of training per depth", args.tiny)
     return 0
 
 
