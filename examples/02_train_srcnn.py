@@ -4,8 +4,8 @@ checkpoints, resume and reporting.
 Data: scikit-image's photos (``minisr.data.default_split``), 33x33 Y sub-images with stride 14 cut from the
 bicubic-upscaled LR image (``PatchDataset``). Model: SRCNN 9-5-5 with valid convolutions, so the loss compares only
 the valid centre of each patch (``model.border`` pixels in from every side). Adam 1e-3, the last layer 10x slower as
-in the paper. Validation: PSNR on Y (border = scale) of the whole validation photos, upscaled by the model through
-``minisr.inference.Upscaler`` and scored by ``minisr.eval.evaluate``, against bicubic.
+in the paper (Dong et al., TPAMI 2016). Validation: PSNR on Y (border = scale) of the whole validation photos,
+upscaled by the model through ``minisr.inference.Upscaler`` and scored by ``minisr.eval.evaluate``, against bicubic.
 
     python examples/02_train_srcnn.py [--steps 300 --batch-size 64 --budget 200] [--out DIR] [--tiny]
 
@@ -103,14 +103,14 @@ def main(argv=None) -> int:
     png = out / "02_train_srcnn.png"
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 3.8))
+    fig = Figure(figsize=(11.5, 3.8))
     a, c = fig.subplots(1, 2)
     a.plot(np.arange(1, len(losses) + 1), losses, lw=0.8)
     a.set(xlabel="step", ylabel="MSE (valid centre)", yscale="log", title="training loss")
     c.plot([s for s, _ in curve], [p for _, p in curve], "o-", label="SRCNN")
     c.axhline(bicubic, color="gray", ls="--", label=f"bicubic {bicubic:.2f} dB")
     c.set(xlabel="step", ylabel="PSNR (dB, Y)", title="validation PSNR")
-    c.legend()
+    c.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8)  # off the data
     fig.suptitle(f"SRCNN x{scale} on scikit-image photos" + (" (tiny run)" if args.tiny else ""))
     fig.tight_layout()
     fig.savefig(png, dpi=100)

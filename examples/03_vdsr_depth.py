@@ -1,4 +1,5 @@
-"""The seed slides' VDSR depth study, on a short budget: validation PSNR of VDSR with 5, 10, 15 and 20 layers.
+"""VDSR's depth study (Kim et al., CVPR 2016, "Accurate Image Super-Resolution Using Very Deep Convolutional
+Networks"), on a short budget: validation PSNR of VDSR with 5, 10, 15 and 20 layers.
 
 Each depth is trained the same way from the same seed: 3x3 convolutions with ``--features`` channels (the paper: 64),
 ReLU between, zero padding and the global residual (output = bicubic input + network), He initialisation; Adam on the
@@ -17,7 +18,19 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from _common import bicubic_psnr, default_data, out_dir, parser, patches, psnr, save_figure, smooth, train
+from _common import (
+    SMOOTHING,
+    bicubic_psnr,
+    default_data,
+    legend_outside,
+    out_dir,
+    parser,
+    patches,
+    plot_loss,
+    psnr,
+    save_figure,
+    train,
+)
 
 import minisr
 from minisr.models import VDSR
@@ -66,19 +79,20 @@ def main(argv=None) -> int:
     png = out_dir(args) / "03_vdsr_depth.png"
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 3.8))
+    fig = Figure(figsize=(12, 4))
     a, c = fig.subplots(1, 2)
     for r in rows:
-        a.plot(np.arange(1, len(r["losses"]) + 1), smooth(r["losses"]), label=f"depth {r['depth']}")
-    a.set(xlabel="step", ylabel="MSE (running mean of 10)", yscale="log", title="training loss")
-    a.legend()
+        plot_loss(a, r["losses"], f"depth {r['depth']}")
+    a.set(xlabel="step", ylabel="MSE (training batch)", yscale="log")
+    a.set_title(f"training loss\nlight: every step; line: {SMOOTHING}", fontsize=9)
+    legend_outside(a)
     c.plot([r["depth"] for r in rows], [r["psnr"] for r in rows], "o-", label="VDSR")
     c.axhline(bicubic, color="gray", ls="--", label=f"bicubic {bicubic:.2f} dB")
     c.set(xlabel="depth (conv layers)", ylabel="PSNR (dB, Y)", title="validation PSNR after the budget",
           xticks=[r["depth"] for r in rows])
-    c.legend()
-    save_figure(fig, png, f"VDSR depth study, x{args.scale}, {args.features} features, {args.steps} steps "
-                       "per depth", args.tiny)
+    legend_outside(c)
+    save_figure(fig, png, f"VDSR depth study, x{args.scale}, {args.features} features, up to {args.steps} steps "
+                       f"or {args.budget / len(depths):.0f} s of training per depth", args.tiny)
     return 0
 
 

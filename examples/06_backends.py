@@ -206,12 +206,15 @@ def main(argv=None) -> int:
     print(head)
     print("-" * len(head))
     ref = conv["numpy"]
+    agreement = {}  # backend -> max |diff| of out, dx, dw, db, then the step's loss, gradients, parameters
     for name in backends:
         if name in skipped:
             print(f"{name:<8}  skipped: {skipped[name]}")
             continue
         r = conv[name]
         d = [maxdiff(r["out"], ref["out"])] + [maxdiff(a, c) for a, c in zip(r["grads"], ref["grads"])]
+        agreement[name] = [v / max(float(np.abs(a).max()), 1e-30)
+                           for v, a in zip(d, [ref["out"], *ref["grads"]])]  # relative to the reference's size
         print(f"{name:<8}  {r['fwd'] * 1e3:10.2f}  {r['fwd_bwd'] * 1e3:10.2f}  {d[0]:13.2e}  {d[1]:12.2e}  "
               f"{d[2]:12.2e}  {d[3]:12.2e}")
     print(f"\nmax |output| {np.abs(ref['out']).max():.3g}, max |dw| {np.abs(ref['grads'][1]).max():.3g}: float32 "
@@ -232,25 +235,57 @@ def main(argv=None) -> int:
         loss, grads, params = step[name]["result"]
         gd = max(maxdiff(grads[n], ref_grads[n]) for n in names)
         pd = max(maxdiff(params[n], ref_params[n]) for n in names)
+        agreement[name] += [abs(loss - ref_loss) / abs(ref_loss),
+                            gd / max(float(np.abs(ref_grads[n]).max()) for n in names),
+                            pd / max(float(np.abs(ref_params[n]).max()) for n in names)]
         print(f"{name:<8}  {step[name]['time'] * 1e3:8.1f}  {loss:10.6f}  {abs(loss - ref_loss):11.2e}  {gd:14.2e}  "
               f"{pd:15.2e}")
     print("(Adam's first step moves every weight by about lr = 1e-3 whatever the gradient's size, so a parameter "
           "difference far below 1e-3 means the backends agree)")
+
+    print("\nlargest |difference| relative to the largest |value| of the reference, per tensor (the right panel):")
+    print(f"{'backend':<8}" + "".join(f"  {t:>11}" for t in ("out", "dx", "dw", "db", "step loss", "step grads",
+                                                            "step params")))
+    for name, vals in agreement.items():
+        print(f"{name:<8}" + "".join(f"  {v:11.1e}" for v in vals))
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     png = out / "06_backends.png"
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 3.8))
-    axes = fig.subplots(1, 3)
+    fig = Figure(figsize=(16, 4.2))
+    axes = fig.subplots(1, 4, gridspec_kw={"width_ratios": [1, 1, 1, 2.2]})
     done = [n for n in backends if n not in skipped]
+    colours = dict(zip(backends, ["#4c72b0", "#55a868", "#c44e52", "#8172b2"]))
     for ax, (title, values) in zip(axes, [("conv forward", [conv[n]["fwd"] for n in done]),
                                           ("conv forward + backward", [conv[n]["fwd_bwd"] for n in done]),
                                           ("SRCNN training step", [step[n]["time"] for n in done])]):
-        bars = ax.bar(done, [v * 1e3 for v in values], color=["#4c72b0", "#55a868", "#c44e52", "#8172b2"][:len(done)])
+        bars = ax.bar(done, [v * 1e3 for v in values], color=[colours[n] for n in done])
         ax.bar_label(bars, fmt="%.1f", fontsize=8)
         ax.set(title=title, ylabel="ms (median)")
+    # the agreement: largest |difference| from the NumPy reference, per tensor, one bar per backend
+    ax = axes[3]
+    others = [n for n in done if n != "numpy"]
+    tensors = ["out", "dx", "dw", "db", "step\nloss", "step\ngrads", "step\nparams"]
+    width = 0.8 / max(len(others), 1)
+    nonzero = [v for n in others for v in agreement[n] if v > 0]
+    floor = min(min(nonzero) / 30, 1e-9) if nonzero else 1e-9
+    for k, n in enumerate(others):
+        vals = agreement[n]
+        pos = np.arange(len(tensors)) + (k - (len(others) - 1) / 2) * width
+        ax.bar(pos, [v if v > 0 else np.nan for v in vals], width, bottom=0, color=colours[n], label=n)
+        for p, v in zip(pos, vals):
+            if v == 0:  # bit-for-bit equal: no bar on a log scale, say so
+                ax.text(p, floor * 1.5, "0", ha="center", va="bottom", fontsize=8, color=colours[n])
+    ax.set_ylim(bottom=floor)
+    ax.set_xticks(np.arange(len(tensors)))
+    ax.set_xticklabels(tensors, fontsize=8)
+    ax.set(yscale="log", ylabel="max |difference| / max |numpy value|",
+           title="agreement with the NumPy reference (0: bit-for-bit equal)")
+    ax.axhline(float(np.finfo(np.float32).eps), color="gray", ls=":", lw=1, label="float32 eps")
+    if others:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8)
     fig.suptitle(f"minisr backends and PyTorch, {threads}" + (" (tiny run)" if args.tiny else "")
                  + (f"; skipped: {', '.join(skipped)}" if skipped else ""))
     fig.tight_layout()

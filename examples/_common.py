@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minisr import Tensor, optim
+from minisr import Tensor, no_grad, optim
 from minisr import functional as F
 from minisr.data import DEFAULT_VALIDATION, PatchDataset, default_split
 from minisr.eval import bicubic_upscaler, evaluate
@@ -65,18 +65,25 @@ def patches(images, scale: int, patch: int, seed: int = 0, per_image: int = 64) 
 def train(model, data: PatchDataset, *, steps: int, batch_size: int, lr: float, budget: float, smoothness: float = 0.0,
           clip: float | None = None, log=None) -> dict:
     """Adam on the MSE of the valid centre (+ ``smoothness`` * smoothness_loss of the output) for ``steps`` steps or
-    ``budget`` seconds, whichever comes first. Returns losses (total and MSE part per step), steps, seconds, status
-    ("done", "budget" or "diverged")."""
+    ``budget`` seconds, whichever comes first. Returns losses (total, MSE part and the smoothness term S of the
+    output per step; S is measured with no gradient when it is not in the loss), steps, seconds, status ("done",
+    "budget" or "diverged")."""
     opt = optim.Adam(model.parameters(), lr=lr)
     b = model.border
-    losses, mses, step, epoch, status = [], [], 0, 0, "done"
+    losses, mses, smooths, step, epoch, status = [], [], [], 0, 0, "done"
     t0 = time.perf_counter()
     while status == "done" and step < steps:
         for x, t in data.batches(batch_size, epoch):
             pred = model(Tensor(x))
             target = Tensor(np.ascontiguousarray(t[:, :, b:t.shape[2] - b, b:t.shape[3] - b]))
             mse = F.mse_loss(pred, target)
-            loss = mse + smoothness * F.smoothness_loss(pred) if smoothness else mse
+            if smoothness:
+                s = F.smoothness_loss(pred)
+                loss = mse + smoothness * s
+            else:
+                with no_grad():
+                    s = F.smoothness_loss(pred)
+                loss = mse
             value = loss.item()
             if not math.isfinite(value):
                 status = "diverged"
@@ -88,6 +95,7 @@ def train(model, data: PatchDataset, *, steps: int, batch_size: int, lr: float, 
             opt.step()
             losses.append(value)
             mses.append(mse.item())
+            smooths.append(s.item())
             step += 1
             if log and (step % log == 0 or step == steps):
                 print(f"    step {step:4d}  loss {np.mean(losses[-log:]):.5f}  ({time.perf_counter() - t0:.0f} s)")
@@ -97,7 +105,7 @@ def train(model, data: PatchDataset, *, steps: int, batch_size: int, lr: float, 
                 status = "budget"
                 break
         epoch += 1
-    return dict(losses=losses, mses=mses, steps=step, seconds=time.perf_counter() - t0, status=status)
+    return dict(losses=losses, mses=mses, smooths=smooths, steps=step, seconds=time.perf_counter() - t0, status=status)
 
 
 def upscaler(model, scale: int) -> Upscaler:
@@ -124,11 +132,33 @@ def save_figure(fig, png, title: str, tiny: bool) -> None:
     print(f"wrote {png}")
 
 
-def smooth(values, k: int = 10):
-    """Running mean over k steps (for loss curves)."""
+def smooth(values, sigma: float = 3.0):
+    """Gaussian-weighted centred mean over the steps (for loss curves):
+
+        smoothed_t = sum_k w_tk v_k / sum_k w_tk,      w_tk = exp(-(t - k)^2 / (2 sigma^2)),  all k
+
+    One rule at every step: no window that stops growing or drops a value all at once (which draws a cliff that is
+    not in the data), and, being centred, no lag behind a falling loss. At the ends the weights that fall outside
+    are simply missing, so the first and last points average only their neighbours on one side."""
     v = np.asarray(values, dtype=float)
-    if len(v) < k or k <= 1:
-        return v
-    c = np.cumsum(np.insert(v, 0, 0.0))
-    head = c[1:k] / np.arange(1, k)
-    return np.concatenate([head, (c[k:] - c[:-k]) / k])
+    if len(v) < 2:
+        return v.copy()
+    t = np.arange(len(v))
+    w = np.exp(-0.5 * ((t[:, None] - t[None, :]) / sigma) ** 2)
+    return (w @ v) / w.sum(axis=1)
+
+
+SMOOTHING = "Gaussian-weighted mean, sigma 3 steps"
+
+
+def plot_loss(ax, values, label: str, color=None):
+    """The raw per-step values, light, and their :func:`smooth` curve in the same colour, labelled."""
+    steps = np.arange(1, len(values) + 1)
+    (line,) = ax.plot(steps, smooth(values), color=color, lw=1.6, label=label)
+    ax.plot(steps, values, color=line.get_color(), lw=0.7, alpha=0.3)
+    return line
+
+
+def legend_outside(ax, **kw):
+    """The legend to the right of the axes, off the data."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8, **kw)

@@ -110,7 +110,7 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padd
     Ho = (H + 2 ph - kh) // sh + 1 and Wo = (W + 2 pw - kw) // sw + 1
     for stride (sh, sw) and zero padding (ph, pw).
 
-    Forward, with y the input zero-padded by (ph, pw) -- the seed report's
+    Forward, with y the input zero-padded by (ph, pw) -- the one-channel
     x(i,j) = sum_{c,d} w(c,d) y(i+c, j+d), summed over input channels and strided:
 
         out[n, o, i, j] = b[o] + sum_{c, u, v} w[o, c, u, v] * y[n, c, i*sh + u, j*sw + v]
@@ -305,7 +305,7 @@ def l1_loss(pred: Tensor, target) -> Tensor:
 
 
 def smoothness_loss(x: Tensor) -> Tensor:
-    """The seed report's smoothness prior on an output image batch x (N, C, H, W):
+    """A smoothness prior (squared neighbour differences, a Tikhonov-type penalty) on an output batch x (N, C, H, W):
 
         S = sum (x[..., i, j+1] - x[..., i, j])^2 + sum (x[..., i+1, j] - x[..., i, j])^2
 

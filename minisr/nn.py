@@ -44,11 +44,13 @@ class Module:
         elif isinstance(value, Module):
             self._modules[name] = value
         object.__setattr__(self, name, value)
+        _set_paths(self, name, value)
 
     def register_buffer(self, name: str, value: Tensor) -> None:
         """A tensor that is state (saved, moved with ``to``) but not trained, e.g. EDSR's RGB mean."""
         self.__setattr__(name, value)
         self._buffers[name] = value
+        _set_paths(self, name, value)
 
     # ------------------------------------------------------------------------------------------------ forward
     def forward(self, *args, **kwargs):
@@ -153,6 +155,23 @@ class Module:
             sub = repr(m).replace("\n", "\n  ")
             lines.append(f"  ({name}): {sub}")
         return "\n".join(lines) + (")" if len(lines) == 1 else "\n)")
+
+
+def _set_paths(owner: Module, attr: str, value) -> None:
+    """Module paths as names: a Parameter (or buffer) assigned to ``owner.attr`` gets ``.name`` = its path, e.g.
+    ``"body.3.weight"``, which graph views and traces show without ``model=``. A module records its own path in
+    ``_path``; attaching a module renames its whole subtree under the new prefix, so the names are those of
+    ``named_parameters()`` of the outermost module, whatever order the modules were built in. ``to()`` and
+    ``load_state_dict`` keep the same Parameter objects, so the names stay."""
+    path = f"{owner.__dict__.get('_path', '')}.{attr}".lstrip(".")
+    if isinstance(value, Tensor) and (isinstance(value, Parameter) or attr in owner._buffers):
+        value.name = path
+    elif isinstance(value, Module):
+        for sub, m in value.named_modules(path):
+            object.__setattr__(m, "_path", sub)
+            for name, t in list(m._parameters.items()) + list(m._buffers.items()):
+                if t is not None:
+                    t.name = f"{sub}.{name}"
 
 
 class Conv2d(Module):

@@ -6,7 +6,10 @@ every input's ``.grad``. Each (probed) input element is perturbed by +-h and
 
     (E(x + h e_k) - E(x - h e_k)) / 2h
 
-is compared with the autograd value: a random R makes this a check of the full Jacobian, not of one row sum.
+is compared with the autograd value. This checks one random vector-Jacobian product J^T R (not the full Jacobian):
+a wrong entry in a probed column changes J^T R with probability 1 for a random R, where a row sum (R = 1) could hide
+it; inputs larger than MAX_PROBES are probed at a random subset. tests/test_jacobian.py compares the full Jacobian,
+entry by entry, on small shapes.
 """
 
 from __future__ import annotations
