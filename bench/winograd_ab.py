@@ -7,8 +7,8 @@ the VDSR-20 / EDSR-baseline training steps; and the float32 error of each agains
     python bench/winograd_ab.py --errors-only
     python bench/winograd_ab.py --tiny --repeats 2     # smoke test
 
-Timing: each repetition runs direct then winograd (then the next pass), each timed call right after an
-untimed call of the same variant, so the two see the same machine load; the ratio is the median winograd
+Timing: each repetition runs direct then winograd (then the next pass), so the two see the same machine
+load; the ratio is the median winograd
 time / the median direct time. Noisy machines (other jobs) shift both alike.
 
 Errors (float32, the benchmark's random data): for the forward output, the input gradient and the weight
@@ -30,7 +30,6 @@ import _common as C  # noqa: E402  (sets the thread environment before NumPy loa
 import numpy as np  # noqa: E402
 
 LAYERS = ["conv-vdsr", "conv-edsr", "conv-edsr-up"]
-STEPS = ["train-vdsr", "train-edsr"]
 
 
 def _median(v):
@@ -47,7 +46,6 @@ def time_ab(fns, repeats, warmup=1):
     for rep in range(warmup + repeats):
         for (variant, p), fn in fns.items():
             _conv_mode(variant)
-            fn()
             t0 = time.perf_counter()
             fn()
             dt = time.perf_counter() - t0
@@ -57,9 +55,17 @@ def time_ab(fns, repeats, warmup=1):
 
 
 def layer_fns(case):
+    """conv2d forward, forward + backward, and each of the three kernels alone."""
+    from minisr.backends import numba_backend as nb
+
     x, w, b, G = C.conv_arrays(case, np.float32)
     fwd, fwd_bwd = C.minisr_conv(case, x, w, b, G)
-    return {(v, p): fn for p, fn in (("fwd", fwd), ("fwd+bwd", fwd_bwd)) for v in ("direct", "winograd")}
+    O, geo = w.shape[0], (3, 3, 1, 1, case.pad, case.pad)
+    w2, g = w.reshape(O, -1), G.reshape(G.shape[0], O, -1)
+    passes = (("fwd", fwd), ("fwd+bwd", fwd_bwd), ("kernel: forward", lambda: nb.conv_forward(x, w2, *geo)),
+              ("kernel: input grad", lambda: nb.conv_input_grad(w2, g, x.shape, *geo)),
+              ("kernel: weight grad", lambda: nb.conv_weight_grad(g, x, *geo)))
+    return {(v, p): fn for p, fn in passes for v in ("direct", "winograd")}
 
 
 def step_fns(case):
@@ -104,6 +110,7 @@ def main(argv=None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--step-repeats", type=int, default=7)
+    ap.add_argument("--steps", default="train-vdsr,train-edsr", help="training-step case ids")
     ap.add_argument("--cases", default="conv,train", help="conv, train, or both (comma-separated)")
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--errors-only", action="store_true")
@@ -128,7 +135,7 @@ def main(argv=None):
         todo += [(c.label, layer_fns(c), args.repeats) for c in convs]
     if "train" in wanted:
         todo += [(c.label, step_fns(C.model_case(c, args.tiny)), args.step_repeats)
-                 for c in C.MODEL_CASES if c.id in STEPS]
+                 for c in C.MODEL_CASES if c.id in args.steps.split(",")]
     for label, fns, repeats in todo:
         times = time_ab(fns, repeats)
         for p in dict.fromkeys(p for _, p in fns):

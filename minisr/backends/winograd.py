@@ -78,33 +78,45 @@ def _segments(nth, ntw, t0, cnt):
     return out
 
 
+# The output and gradient transforms work on a chunk's tiles in two steps: the arithmetic in one loop over all
+# the chunk's tiles with unit-stride reads and writes, which LLVM can vectorise (a loop over one tile row's ~20
+# tiles is too short for it), and a copy between a buffer D with one column per tile (D[2 i + j, k] = the
+# block's number (i, j)) and the image, a tile row at a time (strided).
 @njit(nogil=True, cache=True)
 def _input_transform(x, ph, pw, nth, ntw, t0, cnt, V, rows):
-    # V[p, c, k] = (B^T d B)[p] for tile t0 + k, d the 4 x 4 patch of the padded input at (2 tr - ph, 2 tc - pw);
-    # columns cnt.. of V are set to 0. rows: scratch (4, 2 ntw + 2), a tile row's 4 input rows, zero-padded,
-    # so that the loop over the tiles of a row has no branch (LLVM vectorises it).
+    # V[c, p, k] = (B^T d B)[p] for tile t0 + k, d the 4 x 4 patch of the padded input at (2 tr - ph, 2 tc - pw);
+    # columns cnt.. of V are set to 0. rows: scratch (8, >= ntw + 1): a tile row's 4 input rows, zero-padded,
+    # even columns in rows[a] and odd ones in rows[4 + a]. (Measured: as fast as a patch buffer over the whole
+    # chunk, see the output transform, whose strided copy costs as much as it saves here.)
     N, C, H, W = x.shape
     z = x.dtype.type(0)
     for k0, n, tr, tc0, seg in _segments(nth, ntw, t0, cnt):
-        h0, s0, s1 = 2 * tr - ph, 2 * tc0, 2 * (tc0 + seg) + 2  # padded columns s0 .. s1 - 1 are read
         for c in range(C):
             for a in range(4):
-                h = h0 + a
-                for s in range(s0, s1):
-                    w = s - pw
-                    rows[a, s] = x[n, c, h, w] if (0 <= h < H and 0 <= w < W) else z
+                h = 2 * tr - ph + a
+                w0 = 2 * tc0 - pw
+                if 0 <= h < H and w0 >= 0 and w0 + 2 * seg + 1 < W:  # (no padding in this row)
+                    for m in range(seg + 1):
+                        rows[a, m] = x[n, c, h, w0 + 2 * m]
+                        rows[4 + a, m] = x[n, c, h, w0 + 2 * m + 1]
+                    continue
+                for m in range(seg + 1):  # padded columns 2 (tc0 + m) and 2 (tc0 + m) + 1
+                    w = w0 + 2 * m
+                    inside = 0 <= h < H
+                    rows[a, m] = x[n, c, h, w] if (inside and 0 <= w < W) else z
+                    rows[4 + a, m] = x[n, c, h, w + 1] if (inside and 0 <= w + 1 < W) else z
             for j in range(seg):
-                s = s0 + 2 * j
                 k = k0 + j
+                # the patch's row a: rows[a, j], rows[4 + a, j], rows[a, j + 1], rows[4 + a, j + 1]
                 # rows: q = B^T d  (B^T = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]]), then columns: v = q B
-                q00, q01, q02, q03 = (rows[0, s] - rows[2, s], rows[0, s + 1] - rows[2, s + 1],
-                                      rows[0, s + 2] - rows[2, s + 2], rows[0, s + 3] - rows[2, s + 3])
-                q10, q11, q12, q13 = (rows[1, s] + rows[2, s], rows[1, s + 1] + rows[2, s + 1],
-                                      rows[1, s + 2] + rows[2, s + 2], rows[1, s + 3] + rows[2, s + 3])
-                q20, q21, q22, q23 = (rows[2, s] - rows[1, s], rows[2, s + 1] - rows[1, s + 1],
-                                      rows[2, s + 2] - rows[1, s + 2], rows[2, s + 3] - rows[1, s + 3])
-                q30, q31, q32, q33 = (rows[1, s] - rows[3, s], rows[1, s + 1] - rows[3, s + 1],
-                                      rows[1, s + 2] - rows[3, s + 2], rows[1, s + 3] - rows[3, s + 3])
+                q00, q01 = rows[0, j] - rows[2, j], rows[4, j] - rows[6, j]
+                q02, q03 = rows[0, j + 1] - rows[2, j + 1], rows[4, j + 1] - rows[6, j + 1]
+                q10, q11 = rows[1, j] + rows[2, j], rows[5, j] + rows[6, j]
+                q12, q13 = rows[1, j + 1] + rows[2, j + 1], rows[5, j + 1] + rows[6, j + 1]
+                q20, q21 = rows[2, j] - rows[1, j], rows[6, j] - rows[5, j]
+                q22, q23 = rows[2, j + 1] - rows[1, j + 1], rows[6, j + 1] - rows[5, j + 1]
+                q30, q31 = rows[1, j] - rows[3, j], rows[5, j] - rows[7, j]
+                q32, q33 = rows[1, j + 1] - rows[3, j + 1], rows[5, j + 1] - rows[7, j + 1]
                 V[c, 0, k] = q00 - q02
                 V[c, 1, k] = q01 + q02
                 V[c, 2, k] = q02 - q01
@@ -128,72 +140,68 @@ def _input_transform(x, ph, pw, nth, ntw, t0, cnt, V, rows):
 
 
 @njit(nogil=True, cache=True)
-def _output_transform(M, nth, ntw, t0, cnt, out, rows):
-    # out[n, o, 2 tr + i, 2 tc + j] = (A^T M[:, o, k] A)[i, j] for tile t0 + k, inside out's Ho x Wo.
-    # rows: scratch (2, 2 ntw), a tile row's two output rows before they are cut to Wo and copied into out.
+def _output_transform(M, nth, ntw, t0, cnt, out, D):
+    # out[n, o, 2 tr + i, 2 tc + j] = (A^T M[o, :, k] A)[i, j] for tile t0 + k, inside out's Ho x Wo.
+    # D: scratch (>= 4, >= cnt), the blocks' numbers (i, j) in row 2 i + j.
     N, O, Ho, Wo = out.shape
-    for k0, n, tr, tc0, seg in _segments(nth, ntw, t0, cnt):
-        i0, s0 = 2 * tr, 2 * tc0
-        s1 = min(s0 + 2 * seg, Wo)
-        for o in range(O):
-            for j in range(seg):
-                k = k0 + j
-                s = 2 * j
-                # rows: r = A^T m  (A^T = [[1,1,1,0],[0,1,-1,-1]]), then columns: r A
-                r00 = M[o, 0, k] + M[o, 4, k] + M[o, 8, k]
-                r01 = M[o, 1, k] + M[o, 5, k] + M[o, 9, k]
-                r02 = M[o, 2, k] + M[o, 6, k] + M[o, 10, k]
-                r03 = M[o, 3, k] + M[o, 7, k] + M[o, 11, k]
-                r10 = M[o, 4, k] - M[o, 8, k] - M[o, 12, k]
-                r11 = M[o, 5, k] - M[o, 9, k] - M[o, 13, k]
-                r12 = M[o, 6, k] - M[o, 10, k] - M[o, 14, k]
-                r13 = M[o, 7, k] - M[o, 11, k] - M[o, 15, k]
-                rows[0, s] = r00 + r01 + r02
-                rows[0, s + 1] = r01 - r02 - r03
-                rows[1, s] = r10 + r11 + r12
-                rows[1, s + 1] = r11 - r12 - r13
+    for o in range(O):
+        for k in range(cnt):
+            # rows: r = A^T m  (A^T = [[1,1,1,0],[0,1,-1,-1]]), then columns: r A
+            r00 = M[o, 0, k] + M[o, 4, k] + M[o, 8, k]
+            r01 = M[o, 1, k] + M[o, 5, k] + M[o, 9, k]
+            r02 = M[o, 2, k] + M[o, 6, k] + M[o, 10, k]
+            r03 = M[o, 3, k] + M[o, 7, k] + M[o, 11, k]
+            r10 = M[o, 4, k] - M[o, 8, k] - M[o, 12, k]
+            r11 = M[o, 5, k] - M[o, 9, k] - M[o, 13, k]
+            r12 = M[o, 6, k] - M[o, 10, k] - M[o, 14, k]
+            r13 = M[o, 7, k] - M[o, 11, k] - M[o, 15, k]
+            D[0, k] = r00 + r01 + r02
+            D[1, k] = r01 - r02 - r03
+            D[2, k] = r10 + r11 + r12
+            D[3, k] = r11 - r12 - r13
+        for k0, n, tr, tc0, seg in _segments(nth, ntw, t0, cnt):
+            i0, s0 = 2 * tr, 2 * tc0
             for i in range(min(2, Ho - i0)):
-                for s in range(s0, s1):
-                    out[n, o, i0 + i, s] = rows[i, s - s0]
+                for j in range(2):
+                    for m in range(seg - (1 if (j == 1 and s0 + 2 * seg > Wo) else 0)):
+                        out[n, o, i0 + i, s0 + 2 * m + j] = D[2 * i + j, k0 + m]
 
 
 @njit(nogil=True, cache=True)
-def _grad_transform(g, nth, ntw, t0, cnt, dM, rows):
-    # dM[p, o, k] = (A g_t A^T)[p] for tile t0 + k, g_t its 2 x 2 block of g (0 outside Ho x Wo);
-    # columns cnt.. of dM are set to 0. rows: scratch (2, 2 ntw), a tile row's two rows of g, zero-padded.
+def _grad_transform(g, nth, ntw, t0, cnt, dM, D):
+    # dM[o, p, k] = (A g_t A^T)[p] for tile t0 + k, g_t its 2 x 2 block of g (0 outside Ho x Wo);
+    # columns cnt.. of dM are set to 0. D: scratch (>= 4, >= cnt), the blocks' numbers (i, j) in row 2 i + j.
     N, O, Ho, Wo = g.shape
     z = g.dtype.type(0)
-    for k0, n, tr, tc0, seg in _segments(nth, ntw, t0, cnt):
-        i0, s0 = 2 * tr, 2 * tc0
-        for o in range(O):
-            for i in range(2):
-                for s in range(2 * seg):
-                    w = s0 + s
-                    rows[i, s] = g[n, o, i0 + i, w] if (i0 + i < Ho and w < Wo) else z
-            for j in range(seg):
-                k = k0 + j
-                s = 2 * j
-                g00, g01, g10, g11 = rows[0, s], rows[0, s + 1], rows[1, s], rows[1, s + 1]
-                # rows: q = A g  (A = [[1,0],[1,1],[1,-1],[0,-1]]), then columns: q A^T
-                q10, q11 = g00 + g10, g01 + g11
-                q20, q21 = g00 - g10, g01 - g11
-                dM[o, 0, k] = g00
-                dM[o, 1, k] = g00 + g01
-                dM[o, 2, k] = g00 - g01
-                dM[o, 3, k] = -g01
-                dM[o, 4, k] = q10
-                dM[o, 5, k] = q10 + q11
-                dM[o, 6, k] = q10 - q11
-                dM[o, 7, k] = -q11
-                dM[o, 8, k] = q20
-                dM[o, 9, k] = q20 + q21
-                dM[o, 10, k] = q20 - q21
-                dM[o, 11, k] = -q21
-                dM[o, 12, k] = -g10
-                dM[o, 13, k] = -g10 - g11
-                dM[o, 14, k] = g11 - g10
-                dM[o, 15, k] = g11
     for o in range(O):
+        for k0, n, tr, tc0, seg in _segments(nth, ntw, t0, cnt):
+            i0, s0 = 2 * tr, 2 * tc0
+            for i in range(2):
+                for j in range(2):
+                    for m in range(seg):
+                        h, w = i0 + i, s0 + 2 * m + j
+                        D[2 * i + j, k0 + m] = g[n, o, h, w] if (h < Ho and w < Wo) else z
+        for k in range(cnt):
+            g00, g01, g10, g11 = D[0, k], D[1, k], D[2, k], D[3, k]
+            # rows: q = A g  (A = [[1,0],[1,1],[1,-1],[0,-1]]), then columns: q A^T
+            q10, q11 = g00 + g10, g01 + g11
+            q20, q21 = g00 - g10, g01 - g11
+            dM[o, 0, k] = g00
+            dM[o, 1, k] = g00 + g01
+            dM[o, 2, k] = g00 - g01
+            dM[o, 3, k] = -g01
+            dM[o, 4, k] = q10
+            dM[o, 5, k] = q10 + q11
+            dM[o, 6, k] = q10 - q11
+            dM[o, 7, k] = -q11
+            dM[o, 8, k] = q20
+            dM[o, 9, k] = q20 + q21
+            dM[o, 10, k] = q20 - q21
+            dM[o, 11, k] = -q21
+            dM[o, 12, k] = -g10
+            dM[o, 13, k] = -g10 - g11
+            dM[o, 14, k] = g11 - g10
+            dM[o, 15, k] = g11
         for p in range(16):
             for k in range(cnt, dM.shape[2]):
                 dM[o, p, k] = z
@@ -252,13 +260,13 @@ def _forward(x, w, ph, pw):
         for t0, cnt in share:
             Tp = -(-cnt // TILE) * TILE
             V = nb._scratch(t, "wg_V", (C, P, Tp), x.dtype)  # position p of channel c: a row of Tp tiles
-            _input_transform(x, ph, pw, nth, ntw, t0, cnt, V, nb._scratch(t, "wg_rows", (4, 2 * ntw + 2), x.dtype))
+            _input_transform(x, ph, pw, nth, ntw, t0, cnt, V, nb._scratch(t, "wg_D", (16, max(Tp, ntw + 1)), x.dtype))
             Mk = nb._scratch(t, "wg_M", (O, P, Tp), x.dtype)
             vb, mk, ld = V.ctypes.data, Mk.ctypes.data, P * Tp
             for p, kern, a, m0, nmb in calls:  # Mk[:, p] = U[p] @ V[:, p] (row stride ld)
                 kern(a, vb + p * Tp * it, mk + (m0 * ld + p * Tp) * it, zero.ctypes.data, 1, C, ld, ld, Tp // TILE,
                      nmb)
-            _output_transform(Mk, nth, ntw, t0, cnt, out, nb._scratch(t, "wg_rows", (2, 2 * ntw), x.dtype))
+            _output_transform(Mk, nth, ntw, t0, cnt, out, nb._scratch(t, "wg_D", (16, max(Tp, ntw + 1)), x.dtype))
 
     nb._run(_chunks(N * nth * ntw, TILE), work, blas=False)
     del keep
@@ -308,7 +316,7 @@ def conv_weight_grad(g, x, ph, pw):
         for t0, cnt in share:
             Tp = -(-cnt // TILE) * TILE
             V = nb._scratch(t, "wg_V", (C, P, Tp), x.dtype)
-            rows = nb._scratch(t, "wg_rows", (4, 2 * ntw + 2), x.dtype)
+            rows = nb._scratch(t, "wg_D", (16, max(Tp, ntw + 1)), x.dtype)
             _input_transform(x, ph, pw, nth, ntw, t0, cnt, V, rows)
             dM = nb._scratch(t, "wg_M", (O, P, Tp), x.dtype)
             _grad_transform(g4, nth, ntw, t0, cnt, dM, rows)
