@@ -126,6 +126,12 @@ def test_conv_switch(monkeypatch):
 
     monkeypatch.setenv("MINISR_CONV", "direct")
     assert not winograd.use(64, 64, 3, 3, 1, 1, 1, 1, np.float32)
+    monkeypatch.setenv("MINISR_CONV", "auto")
+    for kernel, on in winograd.AUTO.items():
+        assert winograd.use(64, 64, 3, 3, 1, 1, 1, 1, np.float32, kernel) == on
+        assert not winograd.use(8, 64, 3, 3, 1, 1, 1, 1, np.float32, kernel)  # too few channels
+    monkeypatch.setitem(winograd.AUTO, "forward", True)
+    assert winograd.use(64, 64, 3, 3, 1, 1, 1, 1, np.float32, "forward")
     monkeypatch.setenv("MINISR_CONV", "winograd")
     assert winograd.use(1, 1, 3, 3, 1, 1, 1, 1, np.float32)
     assert not winograd.use(64, 64, 5, 5, 1, 1, 2, 2, np.float32)  # only 3 x 3

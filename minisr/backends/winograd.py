@@ -3,23 +3,29 @@ paper's matrices, is in :mod:`winograd_reference`; docs/backprop.md has why it i
 loses bits).
 
 The output is cut into 2 x 2 blocks ("tiles"), numbered t = (n * nth + tile row) * ntw + tile column over
-the whole batch. The tiles are processed in chunks of CHUNK (a multiple of the GEMM kernel's column tile),
-each chunk by one worker thread, start to end in its own scratch (~1 MB: stays in the cache):
+the whole batch. The tiles are processed in chunks of ~_CHUNK_TILES (a multiple of the GEMM kernel's column
+tile), each chunk by one worker thread, start to end in its own scratch (~1 MB: stays in the cache):
 
-    forward:          V[p, c, t] = (B^T d_t B)[p]      input transform   (Numba, 16 positions p)
-                      M[p] = U[p] @ V[p]                16 GEMMs (O x C) @ (C x CHUNK), shifted_kernel
-                      out tile t = A^T M[:, :, t] A     output transform  (Numba), written into out
+    forward:          V[c, p, t] = (B^T d_t B)[p]      input transform   (Numba, 16 positions p)
+                      M[:, p] = U[p] @ V[:, p]          16 GEMMs (O x C) @ (C x chunk), shifted_kernel
+                      out tile t = A^T M[o, :, t] A     output transform  (Numba), written into out
     input gradient:   the forward on g, with w flipped and in/out channels swapped, padding 2 - p
-    weight gradient:  V as in the forward, dM[p, o, t] = (A g_t A^T)[p], dU[p] += dM[p] @ V[p]^T
-                      (shifted_kernel.gemm_nt, per thread), then dw = G^T (sum of dU) G
+    weight gradient:  V as in the forward, dM[o, p, t] = (A g_t A^T)[p], dU[p] += dM[:, p] @ V[:, p]^T
+                      (shifted_kernel's dot kernel, per thread), then dw = G^T (sum of dU) G
+
+(V and M keep a channel's 16 positions next to each other: with the positions outermost, their rows were a
+multiple of 4 KiB apart and the transforms' 16 streams fought over the same cache sets.)
 
 with U[p] = (G w G^T)[p] (O x C), computed once per call. 16 multiplies per 4 outputs where the direct sum
 does 36: 2.25x fewer, for the transforms' extra passes over the data.
 
 When it is used (``use``): ``MINISR_CONV=direct`` never, ``winograd`` for every conv it can do (3 x 3,
-stride 1, padding <= 2, float32/64), ``auto`` (the default) where it measured faster than the direct
-convolution (bench/RESULTS.md): 3 x 3 stride-1 layers with at least AUTO_MIN_CHANNELS input and output
-channels.
+stride 1, padding <= 2, float32/64), ``auto`` (the default) only for the kernels marked in ``AUTO``, on layers
+with at least AUTO_MIN_CHANNELS input and output channels. None is marked: measured on this project's 2-core
+machine (bench/RESULTS.md, "Winograd F(2x2, 3x3)"), the forward and the input gradient took 0.92-0.97x the
+direct kernels' CPU time, the weight gradient 1.3-1.5x, and a VDSR-20 / EDSR-baseline training step with the
+first two on Winograd 0.99x -- no gain worth its float32 differences. The transforms (Numba) take as long as
+the GEMMs they save.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from . import winograd_reference as _ref
 M_OUT = 2  # F(2x2, 3x3)
 P = (M_OUT + 2) ** 2  # 16 positions
 AUTO_MIN_CHANNELS = 16
-AUTO = {"forward": True, "input_grad": True, "weight_grad": False}  # which kernels auto runs as Winograd
+AUTO = {"forward": False, "input_grad": False, "weight_grad": False}  # which kernels auto runs as Winograd
 _CHUNK_TILES = 192  # tiles per chunk (rounded to the GEMM kernel's tile): ~0.8 MB of V and M at C = O = 64
 _MODES = ("auto", "direct", "winograd")
 
