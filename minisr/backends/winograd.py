@@ -42,7 +42,7 @@ M_OUT = 2  # F(2x2, 3x3)
 P = (M_OUT + 2) ** 2  # 16 positions
 AUTO_MIN_CHANNELS = 16
 AUTO = {"forward": False, "input_grad": False, "weight_grad": False}  # which kernels auto runs as Winograd
-_CHUNK_TILES = 192  # tiles per chunk (rounded to the GEMM kernel's tile): ~0.8 MB of V and M at C = O = 64
+_CHUNK_TILES = 192  # tiles per chunk (rounded to the GEMM kernel's tile): V and M ~0.8 MB each at C = O = 64
 _MODES = ("auto", "direct", "winograd")
 
 
