@@ -138,3 +138,13 @@ def test_pytest_benchmarks_pass_as_tests():
     res = subprocess.run(cmd, cwd=BENCH.parent, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, f"pytest bench/ failed:\n{res.stdout[-4000:]}\n{res.stderr[-2000:]}"
     assert " passed" in res.stdout and "failed" not in res.stdout
+
+
+def test_winograd_ab_error_table_runs():
+    """bench/winograd_ab.py on tiny shapes: the float32 error table of Winograd and direct conv vs float64."""
+    res = subprocess.run([sys.executable, str(BENCH / "winograd_ab.py"), "--tiny", "--errors-only"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = [line.split("|")[1:-1] for line in res.stdout.splitlines() if line.startswith("| VDSR middle |")]
+    assert [r[1].strip() for r in rows] == ["output", "input grad", "weight grad"]
+    assert all(0 <= float(v) < 1e-4 for r in rows for v in r[2:])  # float32 rounding, no more
