@@ -70,15 +70,17 @@ def set_blas_threads(n: int) -> None:
         fn(int(n))
 
 
-def init(threads: int = THREADS, backend: str = "numba", torch: bool = True) -> None:
-    """Same thread count for Numba, OpenBLAS and (when ``torch``) PyTorch; minisr's CPU kernel set."""
-    import numba
-
-    import minisr
-
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+def init(threads: int = THREADS, backend: str = "numba", torch: bool = True, minisr: bool = True) -> None:
+    """Same thread count for Numba, OpenBLAS and (when ``torch``) PyTorch; minisr's CPU kernel set (unless
+    ``minisr=False``: then neither minisr nor Numba is imported, as in a PyTorch-only timing process)."""
     set_blas_threads(int(os.environ.get("OPENBLAS_NUM_THREADS") or threads))  # (a value set by hand is kept)
-    minisr.set_backend(backend)
+    if minisr:
+        import numba
+
+        import minisr as _minisr
+
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        _minisr.set_backend(backend)
     if torch:
         import torch as _torch
 

@@ -1,7 +1,10 @@
-"""minisr against PyTorch, in one process, interleaved, at the same thread count: conv2d layers, full training
-steps, inference, with the sgemm rate of the same run and the peak memory of each library.
+"""minisr against PyTorch at the same thread count, each library in its own processes (as users run them):
+conv2d layers, full training steps, inference, with the sgemm rate of the same run and the peak memory of each
+library.
 
     python bench/compare.py                          # everything, all cores, numba backend (~10 min on 2 cores)
+    python bench/compare.py --rounds 2 --repeats 3   # the same, shorter (~6 min)
+    python bench/compare.py --same-process           # the old mode: both libraries in one process, interleaved
     python bench/compare.py --cases conv --threads 1 --repeats 20
     python bench/compare.py --markdown bench/RESULTS.md      # ... and append the results to RESULTS.md
     python bench/compare.py --from-json bench/results/compare.json --markdown bench/RESULTS.md   # no re-run
@@ -46,13 +49,24 @@ would alone, this script sets ``NUMBA_THREADING_LAYER=workqueue`` (unless set): 
 no OpenMP, and PyTorch keeps its defaults. (minisr alone, on OpenMP with passive waiting, measured ~10%
 faster than on workqueue: the table errs against minisr.)
 
-Interleaving: every repetition runs each case's callables in turn (minisr, PyTorch; for conv: minisr fwd, torch
-fwd, minisr fwd+bwd, torch fwd+bwd), after ``--warmup`` untimed rounds, and the median is reported. Both
-libraries' worker threads keep spinning for a while after a parallel call (OpenBLAS for up to ~0.1 s), which
-slows whatever runs next on the same cores. So every timed call is preceded by a ``--pause`` (default 0.2 s)
-and one untimed call of the same function: it then runs right after its own library's previous call, as in a
-training loop, not in the wake of the other library. (Inference, 5-10 s a call, runs ``--infer-repeats``
-rounds after at most one warm-up round.)
+Separate processes (the default): for each case, ``--rounds`` rounds (default 3) of one child process per
+library (``compare.py --time-child CASE LIB``, which imports only that library; PyTorch's models keep their own
+initialisation), minisr first in even rounds and PyTorch first in odd ones, so that slow drifts of the machine
+hit both alike. Each child runs ``--warmup`` untimed and ``--repeats`` (default 5) timed calls of each pass, back
+to back as in a training loop; the table reports, per library, the median over rounds of each round's median
+(the JSON keeps every time and the round medians). This process builds both libraries' versions once to check
+that they agree and to count FLOPs, but times nothing. Why: in one process PyTorch's OpenMP threads keep
+spinning after its call and slow minisr's next call (measured: VDSR step 1.76x PyTorch back to back in one
+process, 1.22x in separate processes), and users run one library at a time. A full run takes ~10 minutes on 2
+cores, most of it child start-up; ``--rounds 2 --repeats 3`` about 6.
+
+Same process (``--same-process``), interleaving: every repetition runs each case's callables in turn (minisr,
+PyTorch; for conv: minisr fwd, torch fwd, minisr fwd+bwd, torch fwd+bwd), after ``--warmup`` untimed rounds, and
+the median is reported. Both libraries' worker threads keep spinning for a while after a parallel call (OpenBLAS
+for up to ~0.1 s), which slows whatever runs next on the same cores. So every timed call is preceded by a
+``--pause`` (default 0.2 s) and one untimed call of the same function: it then runs right after its own library's
+previous call, as in a training loop, not in the wake of the other library. (Inference, 5-10 s a call, runs
+``--infer-repeats`` rounds after at most one warm-up round.)
 
 Peak memory (``--no-memory`` skips it): for each training/inference case and each library, a separate child
 process (``compare.py --memory-child CASE LIB``, which imports only that library) builds the model, the
@@ -125,14 +139,24 @@ def parse_args(argv=None):
                                                                    "(bench/RESULTS.md)")
     ap.add_argument("--from-json", metavar="FILE",
                     help="measure nothing: print, plot and --markdown the results of an earlier --json")
+    ap.add_argument("--same-process", action="store_true",
+                    help="time both libraries in this one process, interleaved call by call (the old mode); "
+                         "default: each library's case in its own child process, see --rounds")
+    ap.add_argument("--rounds", type=int,
+                    help="separate-process mode: child processes per library and case, alternating minisr and "
+                         "PyTorch (the order flips every round); reported: the median of the rounds' medians "
+                         "(default 3)")
     ap.add_argument("--memory-child", nargs=2, metavar=("CASE", "LIB"), help=argparse.SUPPRESS)
+    ap.add_argument("--time-child", nargs=2, metavar=("CASE", "LIB"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    quick = dict(repeats=2, warmup=0, pause=0.0, infer_repeats=1, memory_steps=1)
-    normal = dict(repeats=10, warmup=2, pause=0.2, infer_repeats=3, memory_steps=3)
+    quick = dict(repeats=2, warmup=0, pause=0.0, infer_repeats=1, memory_steps=1, rounds=1)
+    normal = dict(repeats=10 if args.same_process else 5, warmup=2, pause=0.2, infer_repeats=3, memory_steps=3,
+                  rounds=3)
     for key, value in (quick if args.quick else normal).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.threads = max(1, int(args.threads))
+    args.rounds = max(1, int(args.rounds))
     return args
 
 
@@ -188,10 +212,9 @@ def sgemm_cases(args, C):
             ("sgemm-conv", f"sgemm {N}x({c.out}x{K} @ {K}x{P})", (N, c.out, K, P))]
 
 
-def sgemm_callables(spec, args):
+def sgemm_callables(spec, args, libs=("minisr", "torch")):
     """{(lib, pass): fn} and FLOPs of one sgemm case; lib "minisr" is NumPy's matmul (minisr's BLAS)."""
     import numpy as np
-    import torch
 
     rng = np.random.default_rng(0)
     dt = np.dtype(args.dtype)
@@ -199,10 +222,15 @@ def sgemm_callables(spec, args):
     a = rng.standard_normal((m, k)).astype(dt)
     b = rng.standard_normal((k, n) if batch is None else (batch, k, n)).astype(dt)
     out = np.matmul(a, b)  # (untimed) the output array that the timed calls write into
-    ta, tb = torch.from_numpy(a.copy()), torch.from_numpy(b.copy())
-    tout = torch.empty(tuple(out.shape), dtype=ta.dtype)
-    fns = {("minisr", "gemm"): lambda: np.matmul(a, b, out=out),
-           ("torch", "gemm"): lambda: torch.matmul(ta, tb, out=tout)}
+    fns = {}
+    if "minisr" in libs:
+        fns[("minisr", "gemm")] = lambda: np.matmul(a, b, out=out)
+    if "torch" in libs:
+        import torch
+
+        ta, tb = torch.from_numpy(a.copy()), torch.from_numpy(b.copy())
+        tout = torch.empty(tuple(out.shape), dtype=ta.dtype)
+        fns[("torch", "gemm")] = lambda: torch.matmul(ta, tb, out=tout)
     return fns, {"gemm": 2.0 * (batch or 1) * m * k * n}, dict(shape=dict(batch=batch, m=m, k=k, n=n))
 
 
@@ -240,25 +268,134 @@ def model_callables(case, args, C):
     return fns, {p: flop_all if case.mode == "train" else flop_fwd}, info
 
 
-def run_case(cid, name, kind, spec, args, C):
+def case_callables(kind, spec, args, C):
     if kind == "sgemm":
-        fns, flops, info = sgemm_callables(spec, args)
-    elif kind == "conv":
-        fns, flops, info = conv_callables(spec, args, C)
-    else:
-        fns, flops, info = model_callables(spec, args, C)
-    infer = kind == "infer"
-    times = time_interleaved(fns, min(args.warmup, 1) if infer else args.warmup,
-                             args.infer_repeats if infer else args.repeats, args.pause)
+        return sgemm_callables(spec, args)
+    if kind == "conv":
+        return conv_callables(spec, args, C)
+    return model_callables(spec, args, C)
+
+
+def _rows(cid, name, kind, flops, info, times, rounds=None):
+    """Table rows of one case from the times {(lib, pass): [s]} (and, separate processes, the per-round
+    medians {(lib, pass): [s]}, whose median is then reported)."""
     rows = []
     for p, flop in flops.items():
         ms, ts = times[("minisr", p)], times[("torch", p)]
-        m_med, t_med = _median(ms), _median(ts)
+        if rounds is None:
+            m_med, t_med = _median(ms), _median(ts)
+            extra = {}
+        else:
+            m_med, t_med = _median(rounds[("minisr", p)]), _median(rounds[("torch", p)])
+            extra = dict(minisr_round_ms=[t * 1e3 for t in rounds[("minisr", p)]],
+                         torch_round_ms=[t * 1e3 for t in rounds[("torch", p)]])
         rows.append(dict(
             id=cid, case=name, kind=kind, **{"pass": p}, minisr_ms=m_med * 1e3, torch_ms=t_med * 1e3,
             ratio=m_med / t_med, flop=flop, minisr_gflops=flop / m_med / 1e9, torch_gflops=flop / t_med / 1e9,
-            minisr_times_ms=[t * 1e3 for t in ms], torch_times_ms=[t * 1e3 for t in ts], **info))
+            minisr_times_ms=[t * 1e3 for t in ms], torch_times_ms=[t * 1e3 for t in ts], **extra, **info))
     return rows
+
+
+def run_case(cid, name, kind, spec, args, C):
+    """Both libraries in this process, interleaved call by call (--same-process)."""
+    fns, flops, info = case_callables(kind, spec, args, C)
+    infer = kind == "infer"
+    times = time_interleaved(fns, min(args.warmup, 1) if infer else args.warmup,
+                             args.infer_repeats if infer else args.repeats, args.pause)
+    return _rows(cid, name, kind, flops, info, times)
+
+
+# ---------------------------------------------------------------------------------- separate processes
+LIBS = ("minisr", "torch")
+
+
+def find_case(cid, args, C):
+    """(name, kind, spec) of the case with this id."""
+    for c_id, name, spec in sgemm_cases(args, C):
+        if c_id == cid:
+            return name, "sgemm", spec
+    for c in C.CONV_CASES:
+        if c.id == cid:
+            return c.label, "conv", C.conv_case(c, args.tiny)
+    for c in C.MODEL_CASES:
+        if c.id == cid:
+            c = C.model_case(c, args.tiny)
+            return c.label, c.mode, c
+    raise SystemExit(f"no case {cid!r}")
+
+
+def lib_callables(kind, spec, args, C, lib):
+    """{pass: fn} of one library only (the other is not imported): a timing child's work. The PyTorch
+    models keep PyTorch's own initialisation (the times do not depend on the weights)."""
+    import numpy as np
+
+    dt = np.dtype(args.dtype)
+    if kind == "sgemm":
+        return {p: fn for (_, p), fn in sgemm_callables(spec, args, libs=(lib,))[0].items()}
+    if kind == "conv":
+        fwd, fwd_bwd = (C.minisr_conv if lib == "minisr" else C.torch_conv)(spec, *C.conv_arrays(spec, dt))
+        return {"fwd": fwd, "fwd+bwd": fwd_bwd}
+    x, y = C.model_arrays(spec, dt)
+    if lib == "minisr":
+        step = C.minisr_step(spec, C.minisr_model(spec, dt), x, y)
+    else:
+        step = C.torch_step(spec, C.torch_model(spec, dtype=dt), x, y)
+    return {"step" if kind == "train" else "fwd": step}
+
+
+def time_child(cid, lib, args, C):
+    """Runs in its own process, with only ``lib`` imported: --warmup untimed then --repeats timed calls of each
+    pass of case ``cid`` (inference: at most 1 and --infer-repeats), back to back; prints one JSON line."""
+    if lib not in LIBS:
+        raise SystemExit(f"--time-child: LIB must be minisr or torch, not {lib!r}")
+    C.init(args.threads, args.backend, torch=lib == "torch", minisr=lib == "minisr")
+    name, kind, spec = find_case(cid, args, C)
+    fns = lib_callables(kind, spec, args, C, lib)
+    infer = kind == "infer"
+    warmup, repeats = (min(args.warmup, 1), args.infer_repeats) if infer else (args.warmup, args.repeats)
+    times = {p: [] for p in fns}
+    for rep in range(warmup + repeats):
+        for p, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            dt = time.perf_counter() - t0
+            if rep >= warmup:
+                times[p].append(dt)
+    print(json.dumps(dict(case=cid, lib=lib, times=times)))
+
+
+def _child_cmd(flag, cid, lib, args):
+    return ([sys.executable, str(Path(__file__).resolve()), flag, cid, lib, "--threads", str(args.threads),
+             "--backend", args.backend, "--dtype", args.dtype, "--repeats", str(args.repeats), "--warmup",
+             str(args.warmup), "--infer-repeats", str(args.infer_repeats), "--memory-steps", str(args.memory_steps)]
+            + (["--tiny"] if args.tiny else []))
+
+
+def run_child(cid, lib, args) -> dict:
+    """{pass: [seconds]} from a timing child process."""
+    res = subprocess.run(_child_cmd("--time-child", cid, lib, args), capture_output=True, text=True)
+    try:
+        return json.loads(res.stdout.strip().splitlines()[-1])["times"]
+    except (IndexError, json.JSONDecodeError, KeyError):
+        raise SystemExit(f"timing child {cid} {lib} failed (exit {res.returncode}):\n"
+                         f"{(res.stderr or res.stdout)[-3000:]}") from None
+
+
+def run_case_separate(cid, name, kind, spec, args, C):
+    """Each library in its own child processes: --rounds rounds, minisr then PyTorch in even rounds and the
+    other way round in odd ones; the median of each round's median is reported. This process only checks
+    that both libraries compute the same thing (model cases) and counts the FLOPs."""
+    fns, flops, info = case_callables(kind, spec, args, C)
+    del fns
+    gc.collect()
+    times = {(lib, p): [] for lib in LIBS for p in flops}
+    rounds = {(lib, p): [] for lib in LIBS for p in flops}
+    for r in range(args.rounds):
+        for lib in (LIBS if r % 2 == 0 else LIBS[::-1]):
+            for p, ts in run_child(cid, lib, args).items():
+                times[(lib, p)] += ts
+                rounds[(lib, p)].append(_median(ts))
+    return _rows(cid, name, kind, flops, info, times, rounds)
 
 
 # ------------------------------------------------------------------------------------------------- memory
@@ -404,9 +541,23 @@ def machine_line(meta) -> str:
             f"OpenBLAS {m['blas_threads']} ({m.get('blas_core')} kernels), torch {m.get('torch_threads')}")
 
 
+def mode_text(s) -> str:
+    """How the two libraries were timed, in words (older JSONs: one process)."""
+    if s.get("mode", "same-process") == "same-process":
+        return "both libraries in one process"
+    return f"each library in its own processes ({s['rounds']} rounds, alternating)"
+
+
 def settings_line(meta) -> str:
     s = meta["settings"]
-    return (f"{s['repeats']} interleaved repeats after {s['warmup']} warm-up (inference {s['infer_repeats']}), "
+    if s.get("mode", "same-process") == "separate":
+        return (f"{mode_text(s)}: per round and library a child process runs {s['warmup']} warm-up + "
+                f"{s['repeats']} timed calls (inference 1 + {s['infer_repeats']}); reported: the median of the "
+                f"rounds' medians" + (f"; peak memory over {s['memory_steps']} steps in child processes"
+                                      if s["memory"] else "")
+                + ("; TINY shapes" if s["tiny"] else "") + ("; --quick" if s["quick"] else ""))
+    return (f"{mode_text(s)}: {s['repeats']} interleaved repeats after {s['warmup']} warm-up "
+            f"(inference {s['infer_repeats']}), "
             f"{s['pause']:g} s pause + 1 untimed call before each timed call; medians"
             + (f"; peak memory over {s['memory_steps']} steps in child processes" if s["memory"] else "")
             + ("; TINY shapes" if s["tiny"] else "") + ("; --quick" if s["quick"] else ""))
@@ -415,7 +566,7 @@ def settings_line(meta) -> str:
 def markdown_section(result) -> str:
     meta, m = result["meta"], result["meta"]["machine"]
     out = [f"## {meta['date']}: {m['cpu']}, {meta['settings']['threads']} threads, "
-           f"{meta['settings']['backend']} backend", "",
+           f"{meta['settings']['backend']} backend, {mode_text(meta['settings'])}", "",
            f"`{meta['command']}`", "", f"{settings_line(meta)}.", ""]
     heads = ["case", "pass"] + [h for h, _, _, _ in COLUMNS]
     out += ["| " + " | ".join(heads) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * len(COLUMNS)) + "|"]
@@ -511,6 +662,9 @@ def main(argv=None):
     if args.memory_child:
         memory_child(*args.memory_child, args, C)
         return None
+    if args.time_child:
+        time_child(*args.time_child, args, C)
+        return None
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -519,7 +673,8 @@ def main(argv=None):
 
     C.init(args.threads, args.backend)
     cases = select(args, C)
-    settings = dict(threads=args.threads, backend=args.backend, dtype=args.dtype, repeats=args.repeats,
+    settings = dict(mode="same-process" if args.same_process else "separate", rounds=args.rounds,
+                    threads=args.threads, backend=args.backend, dtype=args.dtype, repeats=args.repeats,
                     warmup=args.warmup, pause=args.pause, infer_repeats=args.infer_repeats,
                     memory_steps=args.memory_steps, memory=not args.no_memory, tiny=args.tiny, quick=args.quick,
                     cases=[c[0] for c in cases])
@@ -537,7 +692,7 @@ def main(argv=None):
     rows = []
     for i, (cid, name, kind, spec) in enumerate(cases, 1):
         t0 = time.perf_counter()
-        new = run_case(cid, name, kind, spec, args, C)
+        new = (run_case if args.same_process else run_case_separate)(cid, name, kind, spec, args, C)
         gc.collect()
         getattr(minisr.get_backend(args.backend), "empty_cache", lambda: None)()
         if kind in ("train", "infer") and not args.no_memory:

@@ -64,7 +64,8 @@ def test_compare_tiny_quick(tmp_path):
     pytest.importorskip("torch")
     out = tmp_path / "out"
     cmd = [sys.executable, str(BENCH / "compare.py"), "--tiny", "--quick", "--cases", "conv-vdsr,train-srcnn",
-           "--json", str(out / "c.json"), "--plot", str(out / "c.png"), "--markdown", str(out / "R.md")]
+           "--json", str(out / "c.json"), "--plot", str(out / "c.png"), "--markdown", str(out / "R.md"),
+           "--same-process"]
     res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, f"compare.py failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
     assert "minisr GF/s" in res.stdout and "conv2d VDSR middle fwd+bwd >= 60% of sgemm rate" in res.stdout
@@ -83,6 +84,7 @@ def test_compare_tiny_quick(tmp_path):
     assert (out / "c.png").stat().st_size > 1000
     md = (out / "R.md").read_text()
     assert "| case | pass | minisr ms |" in md and "| SRCNN 9-5-5 train step | step |" in md
+    assert "both libraries in one process" in md
     assert sorted(p.name for p in out.iterdir()) == ["R.md", "c.json", "c.png"]
     assert list(tmp_path.iterdir()) == [out]
     # re-rendering an earlier JSON measures nothing
@@ -91,6 +93,39 @@ def test_compare_tiny_quick(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert "| SRCNN 9-5-5 train step | step |" in (tmp_path / "again.md").read_text()
+
+
+@pytest.mark.slow
+def test_compare_separate_processes(tmp_path):
+    """The default mode: each library's case in its own child processes, alternating over rounds."""
+    pytest.importorskip("torch")
+    js, md = tmp_path / "c.json", tmp_path / "R.md"
+    cmd = [sys.executable, str(BENCH / "compare.py"), "--tiny", "--quick", "--rounds", "2", "--repeats", "2",
+           "--cases", "train-srcnn", "--no-memory", "--json", str(js), "--plot", "", "--markdown", str(md)]
+    res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, f"compare.py failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    result = json.loads(js.read_text())
+    assert result["meta"]["settings"]["mode"] == "separate" and result["meta"]["settings"]["rounds"] == 2
+    (row,) = result["rows"]
+    assert row["id"] == "train-srcnn" and max(row["check"].values()) < 1e-4
+    for lib in ("minisr", "torch"):
+        assert len(row[f"{lib}_times_ms"]) == 4 and len(row[f"{lib}_round_ms"]) == 2
+        assert row[f"{lib}_ms"] == pytest.approx(sum(row[f"{lib}_round_ms"]) / 2)  # (the median of two)
+    assert "each library in its own processes (2 rounds, alternating)" in md.read_text()
+
+
+def test_time_child_imports_only_its_library(tmp_path):
+    """A PyTorch timing child never imports minisr or Numba (minisr sets OpenMP's wait policy on import)."""
+    pytest.importorskip("torch")
+    argv = ["--time-child", "conv-vdsr", "torch", "--tiny", "--repeats", "1", "--warmup", "0"]
+    code = (f"import runpy, sys; sys.argv = {[str(BENCH / 'compare.py')] + argv!r}; "
+            "runpy.run_path(sys.argv[0], run_name='__main__'); "
+            "print('IMPORTED', 'minisr' in sys.modules, 'numba' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = res.stdout.strip().splitlines()
+    assert json.loads(lines[-2])["times"].keys() == {"fwd", "fwd+bwd"}
+    assert lines[-1] == "IMPORTED False False"
 
 
 @pytest.mark.slow
@@ -103,3 +138,13 @@ def test_pytest_benchmarks_pass_as_tests():
     res = subprocess.run(cmd, cwd=BENCH.parent, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, f"pytest bench/ failed:\n{res.stdout[-4000:]}\n{res.stderr[-2000:]}"
     assert " passed" in res.stdout and "failed" not in res.stdout
+
+
+def test_winograd_ab_error_table_runs():
+    """bench/winograd_ab.py on tiny shapes: the float32 error table of Winograd and direct conv vs float64."""
+    res = subprocess.run([sys.executable, str(BENCH / "winograd_ab.py"), "--tiny", "--errors-only"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = [line.split("|")[1:-1] for line in res.stdout.splitlines() if line.startswith("| VDSR middle |")]
+    assert [r[1].strip() for r in rows] == ["output", "input grad", "weight grad"]
+    assert all(0 <= float(v) < 1e-4 for r in rows for v in r[2:])  # float32 rounding, no more

@@ -26,6 +26,7 @@ from numba import njit, prange
 
 from . import numpy_backend as _reference
 from . import shifted_kernel
+from . import winograd as _winograd
 from .numpy_backend import out_size
 
 # (OMP_WAIT_POLICY=PASSIVE for Numba's OpenMP threads is set when minisr is imported: see
@@ -552,6 +553,8 @@ def _conv_input_grad_shifted(w2, g, x_shape, kh, kw, ph, pw):
 def conv_forward(x, w2, kh, kw, sh, sw, ph, pw):
     x, w2 = _c(x), _c(w2)
     N, C, H, W = x.shape
+    if _winograd.use(C, w2.shape[0], kh, kw, sh, sw, ph, pw, x.dtype):  # 3x3 stride 1: F(2x2, 3x3)
+        return _winograd.conv_forward(x, w2, ph, pw)
     if _shifted(x, C, sh, sw):
         return _conv_forward_shifted(x, w2, kh, kw, ph, pw)
     (O, K), Ho, Wo = w2.shape, out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
@@ -570,6 +573,8 @@ def conv_forward(x, w2, kh, kw, sh, sw, ph, pw):
 def conv_weight_grad(g, x, kh, kw, sh, sw, ph, pw):
     g, x = _c(g), _c(x)
     N, C, H, W = x.shape
+    if _winograd.use(C, g.shape[1], kh, kw, sh, sw, ph, pw, x.dtype, "weight_grad"):
+        return _winograd.conv_weight_grad(g, x, ph, pw)
     if _shifted(x, C, sh, sw):
         return _conv_weight_grad_shifted(g, x, kh, kw, ph, pw)
     O, K, Ho, Wo = g.shape[1], C * kh * kw, out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
@@ -589,6 +594,8 @@ def conv_weight_grad(g, x, kh, kw, sh, sw, ph, pw):
 def conv_input_grad(w2, g, x_shape, kh, kw, sh, sw, ph, pw):
     w2, g = _c(w2), _c(g)
     N, C, H, W = x_shape
+    if _winograd.use(C, w2.shape[0], kh, kw, sh, sw, ph, pw, g.dtype, "input_grad"):
+        return _winograd.conv_input_grad(w2, g, x_shape, ph, pw)
     if _shifted(g, C, sh, sw):
         return _conv_input_grad_shifted(w2, g, x_shape, kh, kw, ph, pw)
     K, Ho, Wo = w2.shape[1], out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)

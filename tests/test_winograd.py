@@ -1,0 +1,160 @@
+"""Winograd F(2x2, 3x3) convolutions (issue 12): the NumPy reference (F(2x2, 3x3) and F(4x4, 3x3)) and the
+Numba version against the direct convolution, forward and both gradients, on odd sizes (H, W not multiples of
+the tile, 1-pixel images, channel counts that are not multiples of the kernels' register blocks), float32 and
+float64; a float64 gradcheck of conv2d with ``MINISR_CONV=winograd``; the dispatch switch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_gradcheck import gradcheck
+
+import minisr
+import minisr.functional as F
+from minisr import Tensor
+from minisr.backends import numpy_backend, shifted_kernel
+from minisr.backends import winograd_reference as ref
+
+pytestmark = pytest.mark.skipif(not shifted_kernel.available(), reason="the LLVM kernels do not compile here")
+
+# (N, C, O, H, W, padding)
+SHAPES = [
+    (2, 3, 5, 7, 9, 1),  # odd H and W: partial tiles at both far edges
+    (1, 2, 2, 1, 1, 1),  # a 1-pixel image: one tile, mostly padding
+    (1, 4, 3, 5, 6, 0),  # no padding
+    (2, 3, 2, 4, 3, 2),  # padding 2 (the input gradient then has padding 0)
+    (3, 17, 9, 13, 11, 1),  # C, O not multiples of the register blocks (8 / 4 rows, 6 columns)
+    (2, 9, 19, 2, 1, 1),  # 2 x 1 images
+]
+TOL = {np.float32: 3e-6, np.float64: 1e-12}  # max |a - b| / max |b|
+
+
+def _rel(a, b):
+    return float(np.abs(np.asarray(a, np.float64) - b).max() / max(np.abs(b).max(), 1e-300))
+
+
+def _data(shape, dt, seed=0):
+    N, C, O, H, W, p = shape
+    rng = np.random.default_rng(seed)
+    Ho, Wo = H + 2 * p - 2, W + 2 * p - 2
+    return (rng.standard_normal((N, C, H, W)).astype(dt), rng.standard_normal((O, C, 3, 3)).astype(dt),
+            rng.standard_normal((N, O, Ho, Wo)).astype(dt), p)
+
+
+def _direct(x, w, g, p):
+    """The reference backend's direct convolution (im2col + GEMM): out, dx, dw."""
+    N, O = x.shape[0], w.shape[0]
+    w2, g3 = w.reshape(O, -1), g.reshape(N, O, -1)
+    out = numpy_backend.conv_forward(x, w2, 3, 3, 1, 1, p, p).reshape(g.shape)
+    dx = numpy_backend.conv_input_grad(w2, g3, x.shape, 3, 3, 1, 1, p, p)
+    dw = numpy_backend.conv_weight_grad(g3, x, 3, 3, 1, 1, p, p).reshape(w.shape)
+    return out, dx, dw
+
+
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_reference_matches_direct_conv(shape, m):
+    x, w, g, p = _data(shape, np.float64)
+    out, dx, dw = _direct(x, w, g, p)
+    assert _rel(ref.conv_forward(x, w, p, p, m), out) < 1e-12
+    assert _rel(ref.conv_input_grad(w, g, x.shape, p, p, m), dx) < 1e-12
+    assert _rel(ref.conv_weight_grad(g, x, p, p, m), dw) < 1e-12
+
+
+def test_reference_matrices_are_the_papers():
+    # F(2x2, 3x3) of a 1-D signal: A^T [(G g) * (B^T d)] is the 2-output correlation of d with g
+    BT, G, AT = ref.matrices(2, np.float64)
+    d, g = np.array([1.0, 2.0, -3.0, 5.0]), np.array([0.5, -1.0, 2.0])
+    assert np.allclose(AT @ ((G @ g) * (BT @ d)), [d[0:3] @ g, d[1:4] @ g])
+    BT, G, AT = ref.matrices(4, np.float64)
+    d = np.array([1.0, 2.0, -3.0, 5.0, 0.25, -7.0])
+    assert np.allclose(AT @ ((G @ g) * (BT @ d)), [d[i:i + 3] @ g for i in range(4)])
+    with pytest.raises(ValueError, match="m must be one of"):
+        ref.matrices(3, np.float64)
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_numba_winograd_matches_direct_conv(shape, dt):
+    from minisr.backends import winograd
+
+    x, w, g, p = _data(shape, dt)
+    out, dx, dw = _direct(x.astype(np.float64), w.astype(np.float64), g.astype(np.float64), p)
+    N, O = x.shape[0], w.shape[0]
+    w2, g3 = w.reshape(O, -1), g.reshape(N, O, -1)
+    got = winograd.conv_forward(x, w2, p, p)
+    assert got.dtype == dt and got.shape == (N, O, g.shape[2] * g.shape[3])
+    assert _rel(got.reshape(g.shape), out) < TOL[dt]
+    got = winograd.conv_input_grad(w2, g3, x.shape, p, p)
+    assert got.dtype == dt and _rel(got, dx) < TOL[dt]
+    got = winograd.conv_weight_grad(g3, x, p, p)
+    assert got.dtype == dt and got.shape == w2.shape and _rel(got.reshape(w.shape), dw) < TOL[dt]
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_numba_winograd_chunks_across_images(dt, monkeypatch):
+    """Many chunks, cut inside tile rows and across images, on two threads (and one)."""
+    from minisr.backends import numba_backend, winograd
+
+    x, w, g, p = _data((5, 8, 10, 9, 13, 1), dt, seed=1)
+    out, dx, dw = _direct(x.astype(np.float64), w.astype(np.float64), g.astype(np.float64), p)
+    N, O = x.shape[0], w.shape[0]
+    monkeypatch.setattr(winograd, "_CHUNK_TILES", 1)  # one GEMM tile of columns per chunk
+    for threads in (1, 2):
+        monkeypatch.setattr(numba_backend, "_threads", lambda blas=True, threads=threads: threads)
+        assert len(winograd._chunks(5 * 5 * 7, 48)) >= 2 * threads
+        assert _rel(winograd.conv_forward(x, w.reshape(O, -1), p, p).reshape(g.shape), out) < TOL[dt]
+        assert _rel(winograd.conv_input_grad(w.reshape(O, -1), g.reshape(N, O, -1), x.shape, p, p), dx) < TOL[dt]
+        assert _rel(winograd.conv_weight_grad(g.reshape(N, O, -1), x, p, p).reshape(w.shape), dw) < TOL[dt]
+
+
+@pytest.mark.parametrize("shape, O, padding", [((2, 3, 5, 4), 4, 1), ((1, 2, 1, 1), 3, 1), ((1, 3, 4, 5), 2, 0),
+                                   ((1, 2, 3, 3), 2, 2)])
+def test_conv2d_gradcheck_winograd(shape, O, padding, monkeypatch):
+    monkeypatch.setenv("MINISR_CONV", "winograd")
+    rng = np.random.default_rng(3)
+    x, w, b = rng.standard_normal(shape), rng.standard_normal((O, shape[1], 3, 3)), rng.standard_normal(O)
+    with minisr.use_backend("numba"):
+        from minisr.backends import winograd
+
+        assert winograd.use(shape[1], O, 3, 3, 1, 1, padding, padding, np.float64)
+        gradcheck(lambda x, w, b: F.conv2d(x, w, b, 1, padding), x, w, b)
+
+
+def test_conv_switch(monkeypatch):
+    from minisr.backends import winograd
+
+    monkeypatch.setenv("MINISR_CONV", "direct")
+    assert not winograd.use(64, 64, 3, 3, 1, 1, 1, 1, np.float32)
+    monkeypatch.setenv("MINISR_CONV", "auto")
+    for kernel, on in winograd.AUTO.items():
+        assert winograd.use(64, 64, 3, 3, 1, 1, 1, 1, np.float32, kernel) == on
+        assert not winograd.use(8, 64, 3, 3, 1, 1, 1, 1, np.float32, kernel)  # too few channels
+    monkeypatch.setitem(winograd.AUTO, "forward", True)
+    assert winograd.use(64, 64, 3, 3, 1, 1, 1, 1, np.float32, "forward")
+    monkeypatch.setenv("MINISR_CONV", "winograd")
+    assert winograd.use(1, 1, 3, 3, 1, 1, 1, 1, np.float32)
+    assert not winograd.use(64, 64, 5, 5, 1, 1, 2, 2, np.float32)  # only 3 x 3
+    assert not winograd.use(64, 64, 3, 3, 2, 2, 1, 1, np.float32)  # only stride 1
+    assert not winograd.use(64, 64, 3, 3, 1, 1, 3, 3, np.float32)  # padding <= 2
+    monkeypatch.setenv("MINISR_CONV", "fastest")
+    with pytest.raises(ValueError, match="MINISR_CONV='fastest'"):
+        winograd.use(64, 64, 3, 3, 1, 1, 1, 1, np.float32)
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_conv2d_winograd_and_direct_agree_end_to_end(dt, monkeypatch):
+    """conv2d -> relu -> conv2d through the numba backend, both ways: the same output and gradients."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 16, 11, 10)).astype(dt)
+    w1, w2 = (rng.standard_normal((16, 16, 3, 3)) / 12).astype(dt), (rng.standard_normal((5, 16, 3, 3)) / 12).astype(dt)
+    res = {}
+    for mode in ("direct", "winograd"):
+        monkeypatch.setenv("MINISR_CONV", mode)
+        with minisr.use_backend("numba"):
+            tx, t1, t2 = Tensor(x, requires_grad=True), Tensor(w1, requires_grad=True), Tensor(w2, requires_grad=True)
+            y = F.conv2d(F.relu(F.conv2d(tx, t1, None, 1, 1)), t2, None, 1, 1)
+            y.backward(np.ones(y.shape, dt))
+            res[mode] = [y.data, tx.grad, t1.grad, t2.grad]
+    for a, b in zip(res["winograd"], res["direct"]):
+        assert _rel(a, b.astype(np.float64)) < 10 * TOL[dt]
