@@ -36,6 +36,7 @@ KERNELS = (
     "pixel_shuffle_forward", "pixel_shuffle_backward",
     "mse_forward", "mse_backward", "l1_forward", "l1_backward",
     "sgd_update", "adam_update",
+    "prelu_forward", "prelu_backward", "tanh_forward", "tanh_backward", "sigmoid_forward", "sigmoid_backward",
 )
 
 _MODULES = {
