@@ -69,6 +69,39 @@ def test_conv_transpose2d_is_the_adjoint_of_conv2d(numpy_backend):
     np.testing.assert_allclose((c.numpy() * x).sum(), (y * t.numpy()).sum(), rtol=1e-12)
 
 
+def _has_gpu():
+    try:
+        from minisr.device import import_cupy
+
+        import_cupy()
+        return True
+    except RuntimeError:
+        return False
+
+
+@pytest.mark.skipif(not _has_gpu(), reason="needs CuPy and an NVIDIA GPU")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gpu_matches_numpy(dtype):
+    """conv_transpose2d -> prelu (C and 1 slopes) -> tanh -> sigmoid on the CUDA kernels: output and every
+    gradient equal the NumPy reference's."""
+    rng = np.random.default_rng(5)
+    arrays = [rng.standard_normal(s).astype(dtype) for s in [(2, 5, 4, 3), (5, 3, 9, 9), (3,), (3,), (1,)]]
+    results = []
+    for device in ("cpu", "cuda"):
+        with minisr.use_backend("numpy"):
+            ts = [Tensor(a).to(device) for a in arrays]
+            for t in ts:
+                t.requires_grad = True
+            x, w, b, a3, a1 = ts
+            y = F.prelu(F.prelu(F.conv_transpose2d(x, w, b, 3, 4, 2), a3), a1)
+            y = F.sigmoid(F.tanh(y))
+            F.mse_loss(y, Tensor(np.zeros(y.shape, dtype)).to(device)).backward()
+            results.append([y.numpy()] + [Tensor(t.grad).numpy() for t in ts])
+    tol = 1e-10 if dtype == np.float64 else 1e-4
+    for cpu, gpu in zip(*results):
+        np.testing.assert_allclose(gpu, cpu, rtol=tol, atol=tol)
+
+
 # ------------------------------------------------------------------------------------------------ torch parity
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
