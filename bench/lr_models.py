@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -115,7 +116,7 @@ def worker(lib: str, label: str, repeats: int, threads: int) -> dict:
         t0 = time.perf_counter()
         y = run()
         times.append(time.perf_counter() - t0)
-    return dict(lib=lib, case=label, seconds=sorted(times[1:])[len(times[1:]) // 2], all=times[1:],
+    return dict(lib=lib, case=label, seconds=statistics.median(times[1:]), all=times[1:],
                 out_shape=list(y.shape), checksum=float(np.float64(y).sum()))
 
 
