@@ -134,7 +134,7 @@ def validation_set(cfg: Config):
 def make_optimizer(cfg: Config, model):
     params = [p for n, p in model.named_parameters() if p.requires_grad]
     slow = SLOW_PARAMS.get(cfg.model)
-    if slow and not cfg.train_only:  # the reconstruction layer learns 10x slower (SRCNN, FSRCNN papers)
+    if slow and not cfg.train_only:  # the reconstruction layer learns 10x slower (SRCNN paper)
         last = [p for n, p in model.named_parameters() if n.startswith(slow)]
         rest = [p for n, p in model.named_parameters() if not n.startswith(slow)]
         params = [{"params": rest}, {"params": last, "lr": cfg.lr * 0.1}]
@@ -156,7 +156,8 @@ def freeze_except(model, prefixes: str) -> None:
 
     unknown = [k for k in keep if not any(n == k or n.startswith(k + ".") for n in names)]
     if not keep or unknown:
-        raise ValueError(f"--train-only {prefixes!r} matches no parameter; the model's are: {', '.join(names)}")
+        raise ValueError(f"--train-only {', '.join(unknown) or repr(prefixes)} matches no parameter; the model's are: "
+                         f"{', '.join(names)}")
     for n, p in model.named_parameters():
         p.requires_grad = kept(n)
 
