@@ -152,12 +152,14 @@ def test_tanh_sigmoid_match_torch(backend, dt, m_op, t_op, rng):
 def test_modules_match_torch_shapes_and_init_bounds():
     """nn.ConvTranspose2d / nn.PReLU / nn.Tanh / nn.Sigmoid: torch's parameter shapes, default init ranges and
     outputs for the same parameters."""
+    minisr.manual_seed(0)
+    wide = nn.ConvTranspose2d(6, 64, 3)
+    bound = 1 / np.sqrt(64 * 9)  # torch's fan_in for this layout: weight.size(1) * kh * kw = C_out k^2
+    for p in (wide.weight.numpy(), wide.bias.numpy()):  # U(-bound, bound): 64+ draws come near the bound
+        assert np.abs(p).max() <= bound and np.abs(p).max() > 0.8 * bound
     m = nn.ConvTranspose2d(6, 4, 3, stride=2, padding=1, output_padding=1)
     t = torch.nn.ConvTranspose2d(6, 4, 3, stride=2, padding=1, output_padding=1)
     assert m.weight.shape == tuple(t.weight.shape) and m.bias.shape == tuple(t.bias.shape)
-    bound = 1 / np.sqrt(4 * 9)  # torch's fan_in for this layout: weight.size(1) * kh * kw
-    for p in (m.weight.numpy(), m.bias.numpy()):
-        assert np.abs(p).max() <= bound and np.abs(p).max() > 0.8 * bound
     t.weight.data, t.bias.data = torch.tensor(m.weight.numpy()), torch.tensor(m.bias.numpy())
     x = np.random.default_rng(0).standard_normal((2, 6, 5, 3)).astype(np.float32)
     np.testing.assert_allclose(m(Tensor(x)).numpy(), t(torch.tensor(x)).detach().numpy(), atol=1e-5)
