@@ -254,3 +254,12 @@ def test_upscale_compare_and_eval_cli(rng, tmp_path, capsys, ckpt):
     result = json.loads(capsys.readouterr().out)
     expected = sr_eval.evaluate(make_upscaler(str(ckpt), 4), folder, 4)
     assert result["mean"]["psnr"] == pytest.approx(expected["mean"]["psnr"]) and np.isfinite(expected["mean"]["psnr"])
+
+
+@pytest.mark.parametrize("name,scale,bicubic", [("fsrcnn-x2", 2, 33.67), ("espcn-x3", 3, 30.40)])
+def test_shipped_weights_beat_bicubic_on_set5(data_root, name, scale, bicubic):
+    if name not in models.shipped():
+        pytest.skip(f"{name} is not shipped (minisr/weights/{name}.npz)")
+    result = sr_eval.evaluate(make_upscaler(name, scale), "Set5", scale, data_root=data_root)
+    print(f"{name} on Set5 x{scale}: {result['mean']['psnr']:.2f} dB (bicubic {bicubic:.2f} dB)")
+    assert result["mean"]["psnr"] > bicubic + 0.5
