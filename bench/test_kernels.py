@@ -127,6 +127,22 @@ def kernel_fn(kernel: str, impl: str):
         if kernel == "bias_add":  # in place
             return (lambda: ty.add_(tb.view(1, -1, 1))) if t else (lambda: be.bias_add(y, b))
         return (lambda: ty.sum((0, 2))) if t else (lambda: be.bias_grad(y))
+    if kernel.startswith(("prelu", "tanh", "sigmoid")):  # FSRCNN's and ESPCN's activations, on EDSR-sized maps
+        x, g = _rand(*S.act), _rand(*S.act, seed=1)
+        x.flat[::7] = 0.0
+        a = np.abs(_rand(S.act[1], seed=2)) * 0.25
+        y_tanh, y_sig = np.tanh(x), 1 / (1 + np.exp(-x))
+        tx, tg, ta, tyt, tys = T(x), T(g), T(a), T(y_tanh), T(y_sig)
+        fns = {
+            "prelu_forward": (lambda: TF.prelu(tx, ta), lambda: be.prelu_forward(x, a)),
+            "prelu_backward": (lambda: _torch_prelu_backward(tg, tx, ta), lambda: be.prelu_backward(g, x, a)),
+            "tanh_forward": (lambda: torch.tanh(tx), lambda: be.tanh_forward(x)),
+            "tanh_backward": (lambda: torch.ops.aten.tanh_backward(tg, tyt), lambda: be.tanh_backward(g, y_tanh)),
+            "sigmoid_forward": (lambda: torch.sigmoid(tx), lambda: be.sigmoid_forward(x)),
+            "sigmoid_backward": (lambda: torch.ops.aten.sigmoid_backward(tg, tys),
+                                 lambda: be.sigmoid_backward(g, y_sig)),
+        }
+        return fns[kernel][0 if t else 1]
     if "relu" in kernel:
         x, g = _rand(*S.act), _rand(*S.act, seed=1)
         x.flat[::7] = 0.0
@@ -222,6 +238,12 @@ def kernel_fn(kernel: str, impl: str):
             }
         return fns[kernel][0 if t else 1]
     raise KeyError(kernel)
+
+
+def _torch_prelu_backward(g, x, a):
+    """(dx, da) of PyTorch's prelu (its aten backward kernel leaves da unreduced; autograd sums it)."""
+    x, a = x.detach().requires_grad_(), a.detach().requires_grad_()
+    return torch.autograd.grad(TF.prelu(x, a), (x, a), g)
 
 
 @pytest.mark.parametrize("impl", C.IMPLS)

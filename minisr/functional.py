@@ -16,6 +16,7 @@ from .tensor import Tensor, bump_version, is_grad_enabled, make_result, storage_
 __all__ = [
     "conv2d", "relu", "leaky_relu", "pixel_shuffle", "mse_loss", "l1_loss", "smoothness_loss", "pad",
     "add", "sub", "mul", "neg", "pow", "sum", "mean", "reshape", "getitem", "astype",
+    "conv_transpose2d", "prelu", "tanh", "sigmoid",
 ]
 
 
@@ -202,6 +203,90 @@ def _padding_mode(x: Tensor, kernel, stride, mode: str):
     if (top, left) == (bottom, right):
         return x, (top, left)
     return pad(x, (left, right, top, bottom)), 0
+def conv_transpose2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
+                     output_padding=0) -> Tensor:
+    """Transposed convolution ("deconvolution"), PyTorch's ``conv_transpose2d``: the adjoint of :func:`conv2d`.
+
+    Shapes: x (N, Ci, H, W), weight (Ci, Co, kh, kw) -- (in, out, ...), the layout of the conv2d whose adjoint
+    this is -- bias (Co,), output (N, Co, Ho, Wo) with
+    Ho = (H - 1) sh - 2 ph + kh + oph  and  Wo = (W - 1) sw - 2 pw + kw + opw,  0 <= output_padding < stride.
+
+    Every input pixel scatters a weighted copy of the kernel into the (zero-padded) output, and the padding is
+    cut off:
+
+        out[n, o, i*sh + u - ph, j*sw + v - pw] += sum_c x[n, c, i, j] * w[c, o, u, v]   (+ b[o])
+
+    That is exactly conv2d's input gradient: take a conv2d with weight w (read as OIHW with O = Ci, C = Co) on
+    an input of shape (N, Co, Ho, Wo) -- whose output then has x's shape, since output_padding < stride --
+    and feed x as its output gradient. So the three GEMMs of conv2d serve again, with their roles swapped
+    (w2 = w.reshape(Ci, Co*kh*kw), geometry (kh, kw, sh, sw, ph, pw)):
+
+        forward:     out   = col2im(w2^T @ x[n])           = conv_input_grad(w2, x)      (conv2d's dE/dx)
+    Backward, g = dE/d(out):
+        dE/dx[n]   = w2 @ im2col(g)[n]                      = conv_forward(g, w2)         (conv2d's forward)
+        dE/dw2     = sum_n x[n] @ im2col(g)[n]^T            = conv_weight_grad(x, g)      (conv2d's dE/dw,
+                                                                                           x in g's place)
+        dE/db[o]   = sum_{n, i, j} g[n, o, i, j]
+
+    output_padding only adds rows/columns at the bottom/right of the output (it picks which of the sh output
+    heights that a conv2d would map to H is meant); it never adds an input pixel, so it must be < stride.
+    """
+    x, weight = _tensor(x, "conv_transpose2d input"), _tensor(weight, "conv_transpose2d weight")
+    _check_ndim(x, 4, "conv_transpose2d input", "(N, C_in, H, W)")
+    _check_ndim(weight, 4, "conv_transpose2d weight", "(C_in, C_out, kh, kw)")
+    N, Ci, H, W = x.shape
+    Cw, Co, kh, kw = weight.shape
+    (sh, sw), (ph, pw) = _pair(stride, "stride"), _pair(padding, "padding")
+    oph, opw = _pair(output_padding, "output_padding")
+    if Cw != Ci:
+        raise ValueError(f"conv_transpose2d: input {x.shape} has {Ci} channels but weight {weight.shape} has "
+                         f"{Cw} input channels; the weight layout is (C_in, C_out, kh, kw), the transpose of "
+                         "conv2d's (O, C, kh, kw)")
+    if sh < 1 or sw < 1 or ph < 0 or pw < 0:
+        raise ValueError(f"conv_transpose2d: stride must be >= 1 and padding >= 0, got stride {(sh, sw)} "
+                         f"padding {(ph, pw)}")
+    if not (0 <= oph < sh and 0 <= opw < sw):
+        raise ValueError(f"conv_transpose2d: output_padding {(oph, opw)} must be >= 0 and smaller than the "
+                         f"stride {(sh, sw)} (input {x.shape}, weight {weight.shape})")
+    Ho, Wo = (H - 1) * sh - 2 * ph + kh + oph, (W - 1) * sw - 2 * pw + kw + opw
+    if Ho < 1 or Wo < 1:
+        raise ValueError(f"conv_transpose2d: padding {(ph, pw)} leaves no output ({Ho}x{Wo}) for input "
+                         f"{x.shape} and kernel {kh}x{kw}")
+    if x.dtype != weight.dtype:
+        raise TypeError(f"conv_transpose2d: input dtype {x.dtype} and weight dtype {weight.dtype} differ")
+    parents = [x, weight]
+    if bias is not None:
+        bias = _tensor(bias, "conv_transpose2d bias")
+        if bias.shape != (Co,):
+            raise ValueError(f"conv_transpose2d: bias shape {bias.shape}, expected ({Co},) for weight "
+                             f"{weight.shape} (C_in, C_out, kh, kw)")
+        if bias.dtype != x.dtype:
+            raise TypeError(f"conv_transpose2d: bias dtype {bias.dtype} differs from input dtype {x.dtype}")
+        parents.append(bias)
+
+    be = backend_for(x.data, weight.data)
+    w2 = weight.data.reshape(Ci, Co * kh * kw)
+    geometry = (kh, kw, sh, sw, ph, pw)
+    out_shape = (N, Co, Ho, Wo)
+    x3 = x.data.reshape(N, Ci, H * W)
+    out = be.conv_input_grad(w2, x3, out_shape, *geometry)  # col2im(W2^T @ x[n]): conv2d's input gradient
+    if bias is not None:
+        be.bias_add(out, bias.data)
+
+    check = _saved(x, weight)
+
+    def backward(g):
+        check("conv_transpose2d")
+        dx = dw = db = None
+        if x.requires_grad:
+            dx = be.conv_forward(g, w2, *geometry).reshape(x.shape)  # W2 @ im2col(g)[n]: conv2d's forward
+        if weight.requires_grad:
+            dw = be.conv_weight_grad(x3, g, *geometry).reshape(weight.shape)  # sum_n x[n] @ im2col(g)[n]^T
+        if bias is not None and bias.requires_grad:
+            db = be.bias_grad(g)
+        return (dx, dw, db)[:len(parents)]
+
+    return make_result(out, parents, backward, "conv_transpose2d")
 
 
 # ------------------------------------------------------------------------------------------------ activations
@@ -238,6 +323,69 @@ def leaky_relu(x: Tensor, negative_slope: float = 0.01) -> Tensor:
         return (be.leaky_relu_backward(g, x.data, negative_slope),)
 
     return make_result(y, [x], backward, "leaky_relu")
+
+
+def prelu(x: Tensor, weight: Tensor) -> Tensor:
+    """Parametric ReLU (He et al. 2015), PyTorch's ``prelu``: a learnt negative slope, one shared or one per channel.
+
+    x (N, C, ...) (channels on axis 1), weight (1,) or (C,):
+
+        y[n, c, p] = x[n, c, p]            if x > 0
+                   = a[c] * x[n, c, p]     otherwise          (a[c] = weight[0] for a single slope)
+
+    Backward, g = dE/dy:
+        dE/dx[n, c, p] = g           if x > 0 else a[c] g
+        dE/da[c]       = sum_{n, p: x[n, c, p] <= 0} g[n, c, p] x[n, c, p]   (summed over c too for one slope)
+    """
+    x, weight = _tensor(x, "prelu input"), _tensor(weight, "prelu weight")
+    if weight.ndim != 1:
+        raise ValueError(f"prelu: weight must be 1-D (1 or C slopes), got shape {weight.shape}")
+    C = x.shape[1] if x.ndim >= 2 else 1
+    if weight.shape[0] not in (1, C):
+        raise ValueError(f"prelu: weight {weight.shape} has {weight.shape[0]} slopes; input {x.shape} needs 1 or "
+                         f"{C} (one per channel, axis 1)")
+    if x.dtype != weight.dtype:
+        raise TypeError(f"prelu: input dtype {x.dtype} and weight dtype {weight.dtype} differ")
+    be = backend_for(x.data, weight.data)
+    y = be.prelu_forward(x.data, weight.data)
+    check = _saved(x, weight)
+
+    def backward(g):
+        check("prelu")
+        dx, dw = be.prelu_backward(g, x.data, weight.data)
+        return (dx if x.requires_grad else None), (dw if weight.requires_grad else None)
+
+    return make_result(y, [x, weight], backward, "prelu")
+
+
+def tanh(x: Tensor) -> Tensor:
+    """y = tanh(x);  dE/dx = dE/dy * (1 - y^2) (from the saved output y)."""
+    x = _tensor(x, "tanh input")
+    be = backend_for(x.data)
+    y = be.tanh_forward(x.data)
+
+    def backward(g):
+        check("tanh")
+        return (be.tanh_backward(g, y),)
+
+    out = make_result(y, [x], backward, "tanh")
+    check = _saved(out)  # the backward reads the output: an in-place op on it afterwards must raise
+    return out
+
+
+def sigmoid(x: Tensor) -> Tensor:
+    """y = 1 / (1 + exp(-x));  dE/dx = dE/dy * y (1 - y) (from the saved output y)."""
+    x = _tensor(x, "sigmoid input")
+    be = backend_for(x.data)
+    y = be.sigmoid_forward(x.data)
+
+    def backward(g):
+        check("sigmoid")
+        return (be.sigmoid_backward(g, y),)
+
+    out = make_result(y, [x], backward, "sigmoid")
+    check = _saved(out)  # the backward reads the output: an in-place op on it afterwards must raise
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- pixel shuffle

@@ -27,6 +27,11 @@ def receptive_radius(model: nn.Module) -> int:
             else:
                 p = m.padding if isinstance(m.padding, int) else max(m.padding)
             pad += p
+        elif isinstance(m, nn.ConvTranspose2d):
+            # output pixel o (of input pixel i = o // s) reads inputs i - ceil((k - 1 - p) / s) .. i + (s - 1 + p) // s
+            st = (m.stride,) * 2 if isinstance(m.stride, int) else m.stride
+            pd = (m.padding,) * 2 if isinstance(m.padding, int) else m.padding
+            pad += max(max(-(-(k - 1 - p) // s), (s - 1 + p) // s) for k, s, p in zip(m.kernel_size, st, pd))
     return pad
 
 

@@ -15,6 +15,7 @@ from .device import to_device
 from .tensor import Tensor
 
 __all__ = ["Parameter", "Module", "Conv2d", "ReLU", "LeakyReLU", "PixelShuffle", "Sequential", "Identity"]
+__all__ += ["ConvTranspose2d", "PReLU", "Tanh", "Sigmoid"]
 
 
 class Parameter(Tensor):
@@ -222,6 +223,70 @@ class Conv2d(Module):
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding}")
+
+
+class ConvTranspose2d(Module):
+    """``ConvTranspose2d(in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0, bias=True,
+    init="default", std=1e-3, dtype=np.float32)``: :func:`minisr.functional.conv_transpose2d`.
+
+    Weight (in, out, kh, kw), bias (out,). ``init``:
+      * "default": PyTorch's: weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with PyTorch's fan_in for this
+        layout, weight.size(1) * kh * kw = out_channels * kh * kw;
+      * "gaussian": weight ~ N(0, std^2), bias 0 (FSRCNN's deconvolution: 0.001).
+    Output size: (H - 1) stride - 2 padding + k + output_padding.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0, bias=True,
+                 init="default", std=1e-3, dtype=np.float32):
+        super().__init__()
+        k = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, k
+        self.stride, self.padding, self.output_padding = stride, padding, output_padding
+        shape = (in_channels, out_channels) + k
+        fan_in = out_channels * k[0] * k[1]  # torch's _calculate_fan_in_and_fan_out reads weight.size(1)
+        rng = mrandom.generator()
+        if init == "default":
+            bound = 1.0 / math.sqrt(fan_in)
+            w = rng.uniform(-bound, bound, shape)
+            b = rng.uniform(-bound, bound, out_channels)
+        elif init == "gaussian":
+            w, b = rng.normal(0.0, std, shape), np.zeros(out_channels)
+        else:
+            raise ValueError(f"ConvTranspose2d init {init!r}: use 'default' or 'gaussian'")
+        self.weight = Parameter(w.astype(dtype))
+        self.bias = Parameter(b.astype(dtype)) if bias else None
+
+    def forward(self, x):
+        return F.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding, self.output_padding)
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, output_padding={self.output_padding}")
+
+
+class PReLU(Module):
+    """``PReLU(num_parameters=1, init=0.25)``: one learnt negative slope, or one per channel, starting at 0.25."""
+
+    def __init__(self, num_parameters: int = 1, init: float = 0.25, dtype=np.float32):
+        super().__init__()
+        self.num_parameters = int(num_parameters)
+        self.weight = Parameter(np.full(self.num_parameters, init, dtype=dtype))
+
+    def forward(self, x):
+        return F.prelu(x, self.weight)
+
+    def extra_repr(self):
+        return f"num_parameters={self.num_parameters}"
+
+
+class Tanh(Module):
+    def forward(self, x):
+        return F.tanh(x)
+
+
+class Sigmoid(Module):
+    def forward(self, x):
+        return F.sigmoid(x)
 
 
 class ReLU(Module):

@@ -80,6 +80,14 @@ def _other_args(kernel, shape, rng, dt):
         "l1_backward": lambda: (x, _partly_equal(x, r(*shape)), np.asarray(1.3, dtype=t)),  # sign(0) = 0
         "sgd_update": None,
         "adam_update": None,
+        "tanh_forward": lambda: (x * t(3),),
+        "tanh_backward": lambda: (r(*shape), np.tanh(x)),
+        "sigmoid_forward": lambda: (x * t(40),),  # far into both tails: exp must not overflow
+        "sigmoid_backward": lambda: (r(*shape), ref.sigmoid_forward(x)),
+        "prelu_forward": lambda: (x, r(shape[1])),
+        "prelu_backward": lambda: (r(*shape), x, r(shape[1])),
+        "prelu_forward-1": lambda: (x, r(1)),
+        "prelu_backward-1": lambda: (r(*shape), x, r(1)),
     }[kernel]()
 
 
@@ -158,6 +166,12 @@ def _cases():
         for shape in ELEMENTWISE_SHAPES:
             out.append((k, "x".join(map(str, shape)),
                         lambda rng, dt, k=k, s=shape: _other_args(k, s, rng, dt), ()))
+    for k in ("tanh_forward", "tanh_backward", "sigmoid_forward", "sigmoid_backward", "prelu_forward",
+              "prelu_backward"):
+        for shape in ELEMENTWISE_SHAPES:
+            for v in (["", "-1"] if k.startswith("prelu") else [""]):  # C slopes, or one shared slope
+                out.append((k, "x".join(map(str, shape)) + v,
+                            lambda rng, dt, k=k, s=shape, v=v: _other_args(k + v, s, rng, dt), ()))
     for si, setting in enumerate(SGD_SETTINGS):
         def build(rng, dt, setting=setting):
             p, g = rng.standard_normal((4, 3, 3, 3)).astype(dt), rng.standard_normal((4, 3, 3, 3)).astype(dt)
@@ -216,7 +230,11 @@ def test_kernel_matches_numpy(backend, dt, kernel, case_id, build, inplace):
         for i in inplace:
             if ref_args[i] is not None:
                 _assert_close(be_args[i], ref_args[i], dt, f"{what} (argument {i}, in place)")
-    if want is not None:
+    if isinstance(want, tuple):  # kernels with several outputs (prelu_backward: dx, dw)
+        assert isinstance(got, tuple) and len(got) == len(want), f"{what}: {len(want)} outputs expected"
+        for i, (a, b) in enumerate(zip(got, want)):
+            _assert_close(a, b, dt, f"{what} (output {i})")
+    elif want is not None:
         _assert_close(np.asarray(got) if np.isscalar(got) else got, np.asarray(want), dt, what)
 
 

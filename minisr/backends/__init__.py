@@ -37,6 +37,7 @@ KERNELS = (
     "mse_forward", "mse_backward", "l1_forward", "l1_backward",
     "sgd_update", "adam_update",
     "maxpool2d_argmax", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward",
+    "prelu_forward", "prelu_backward", "tanh_forward", "tanh_backward", "sigmoid_forward", "sigmoid_backward",
 )
 
 _MODULES = {

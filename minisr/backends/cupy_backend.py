@@ -135,6 +135,55 @@ def leaky_relu_backward(g, x, slope):
     return _unary("leaky_relu_backward", g, _c(x), g.dtype.type(slope))
 
 
+def _per_slope(x, w):
+    """x as a contiguous (N, S, P) with S = w.size slopes (C, or 1 shared)."""
+    x = _c(x)
+    N = x.shape[0] if x.ndim >= 2 else 1
+    return x.reshape(N, w.size, -1)
+
+
+def prelu_forward(x, w):
+    x3 = _per_slope(x, w)
+    y = cp.empty_like(x3)
+    N, S, P = x3.shape
+    _launch("prelu", "prelu_forward", x3.dtype, x3.size, (x3, _c(w), y, i64(N), i64(S), i64(P)))
+    return y.reshape(x.shape)
+
+
+def prelu_backward(g, x, w):
+    x3, g3 = _per_slope(x, w), _per_slope(g, w)
+    N, S, P = x3.shape
+    dx = cp.empty_like(g3)
+    _launch("prelu", "prelu_input_grad", g3.dtype, g3.size, (g3, x3, _c(w), dx, i64(N), i64(S), i64(P)))
+    dw = cp.empty(S, dtype=g3.dtype)
+    _launch("prelu", "prelu_weight_grad", g3.dtype, 0, (g3, x3, dw, i64(N), i64(S), i64(P)),
+            shared=THREADS * g3.itemsize, blocks=S)
+    return dx.reshape(x.shape), dw.astype(w.dtype, copy=False)
+
+
+def _flat(family, name, *arrays):
+    arrays = tuple(_c(a) for a in arrays)
+    out = cp.empty_like(arrays[0])
+    _launch(family, name, out.dtype, out.size, arrays + (out, i64(out.size)))
+    return out
+
+
+def tanh_forward(x):
+    return _flat("tanh_sigmoid", "tanh_forward", x)
+
+
+def tanh_backward(g, y):
+    return _flat("tanh_sigmoid", "tanh_backward", g, y)
+
+
+def sigmoid_forward(x):
+    return _flat("tanh_sigmoid", "sigmoid_forward", x)
+
+
+def sigmoid_backward(g, y):
+    return _flat("tanh_sigmoid", "sigmoid_backward", g, y)
+
+
 # --------------------------------------------------------------------------------------------------- pixel shuffle
 def pixel_shuffle_forward(x, r):
     x = _c(x)

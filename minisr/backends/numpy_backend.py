@@ -117,6 +117,51 @@ def leaky_relu_backward(g, x, slope):
     return get_array_module(g).where(x > 0, g, g * g.dtype.type(slope))
 
 
+def _per_slope(x, w):
+    """x viewed as (N, S, P) with S = w.size slopes: S = C (one per channel) or 1 (one for everything)."""
+    N = x.shape[0] if x.ndim >= 2 else 1
+    return x.reshape(N, w.size, -1)
+
+
+def prelu_forward(x, w):
+    """y = x if x > 0 else w[c] * x, c the channel (axis 1); w (C,) or (1,)."""
+    xp_ = get_array_module(x)
+    x3 = _per_slope(x, w)
+    return xp_.where(x3 > 0, x3, x3 * w.reshape(1, -1, 1)).reshape(x.shape)
+
+
+def prelu_backward(g, x, w):
+    """(dx, dw): dx = g if x > 0 else w[c] g;  dw[c] = sum over n and positions of g x where x <= 0."""
+    xp_ = get_array_module(x)
+    x3, g3 = _per_slope(x, w), _per_slope(g, w)
+    neg = x3 <= 0
+    dx = xp_.where(neg, g3 * w.reshape(1, -1, 1), g3).reshape(x.shape)
+    dw = (g3 * x3 * neg).sum(axis=(0, 2)).astype(w.dtype)
+    return dx, dw
+
+
+def tanh_forward(x):
+    """y = tanh(x)."""
+    return get_array_module(x).tanh(x)
+
+
+def tanh_backward(g, y):
+    """dx = g (1 - y^2), y the forward output."""
+    return g * (1 - y * y)
+
+
+def sigmoid_forward(x):
+    """y = 1 / (1 + exp(-x)), written so that exp never overflows: exp(x) / (1 + exp(x)) for x < 0."""
+    xp_ = get_array_module(x)
+    e = xp_.exp(-xp_.abs(x))  # in (0, 1]
+    return xp_.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype)
+
+
+def sigmoid_backward(g, y):
+    """dx = g y (1 - y), y the forward output."""
+    return g * y * (1 - y)
+
+
 # ---------------------------------------------------------------------------------------------- pixel shuffle
 def pixel_shuffle_forward(x, r):
     """(N, C*r*r, H, W) -> (N, C, H*r, W*r) with y[n, c, h*r + i, w*r + j] = x[n, c*r*r + i*r + j, h, w]."""

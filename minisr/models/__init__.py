@@ -13,13 +13,17 @@ from pathlib import Path
 
 from .. import checkpoint
 from .edsr import EDSR
+from .espcn import ESPCN
+from .fsrcnn import FSRCNN
 from .srcnn import SRCNN
 from .vdsr import VDSR
 
 MODELS = {"srcnn": SRCNN, "vdsr": VDSR, "edsr": EDSR}
+MODELS.update(fsrcnn=FSRCNN, espcn=ESPCN)  # LR-input Y models (issue 16)
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 __all__ = ["build", "load", "shipped", "MODELS", "SRCNN", "VDSR", "EDSR"]
+__all__ += ["FSRCNN", "ESPCN"]
 
 
 def build(name: str, **cfg):
