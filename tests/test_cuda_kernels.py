@@ -45,7 +45,11 @@ def test_cuda_kernel_matches_numpy(cuda, monkeypatch, grid, dt, kernel, case_id,
     for i in inplace:
         if ref_args[i] is not None:
             _assert_close(_host(dev_args[i]), ref_args[i], dt, f"{what} (argument {i}, in place)")
-    if want is not None:
+    if isinstance(want, tuple):  # kernels with several outputs (prelu_backward: dx, dw)
+        assert isinstance(got, tuple) and len(got) == len(want), f"{what}: {len(want)} outputs expected"
+        for k, (g, w) in enumerate(zip(got, want)):
+            _assert_close(_host(g), np.asarray(w), dt, f"{what} (output {k})")
+    elif want is not None:
         _assert_close(_host(got), np.asarray(want), dt, what)
 
 
