@@ -37,9 +37,9 @@ from .data import (
     list_images,
     resolve_dataset,
 )
-from .inference import Upscaler
 from .random import manual_seed
 from .tensor import Tensor
+from .upscalers import Upscaler, bicubic_upscaler
 
 # Each model's paper recipe (budgets cut to fit a CPU; every value can be overridden on the command line).
 RECIPES = {
@@ -573,7 +573,8 @@ def config_from_args(args) -> Config:
     return Config(
         model=args.model, scale=scale, scales=scales, data=pick("data", r.get("data", "default")),
         val=pick("val", r.get("val", "default")), data_root=args.data_root, recipe=args.recipe,
-        clip_norm=pick("clip_norm", r.get("clip_norm")) or None, schedule=pick("schedule", "step" if args.lr_step else r.get("schedule", "step")),
+        clip_norm=pick("clip_norm", r.get("clip_norm")) or None,
+        schedule=pick("schedule", "step" if args.lr_step else r.get("schedule", "step")),
         warmup=pick("warmup", r.get("warmup", 0)), min_lr=pick("min_lr", r.get("min_lr", 0.01)),
         save_every=pick("save_every", r.get("save_every", 0)),
         epochs=pick("epochs", r["epochs"]), max_steps=args.max_steps, batch_size=pick("batch_size", r["batch_size"]),
@@ -628,7 +629,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    from .eval import bicubic_upscaler, evaluate
+    from .eval import evaluate
 
     trainer.bicubic_psnr = evaluate(bicubic_upscaler(cfg.scale), trainer.val, cfg.scale,
                                     data_root=cfg.data_root)["mean"]["psnr"]
