@@ -104,20 +104,34 @@ def format_table(result: dict, model: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m minisr.eval", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="'bicubic', a checkpoint path or a shipped model name")
-    parser.add_argument("--dataset", required=True, help="Set5, Set14, ... (under --data-root) or a folder")
-    parser.add_argument("--scale", required=True, type=int, choices=SCALES, help="upscaling factor")
+    parser.add_argument("--model", help="'bicubic', a checkpoint path or a shipped model name (required)")
+    parser.add_argument("--dataset", help="Set5, Set14, ... (under --data-root) or a folder (required)")
+    parser.add_argument("--scale", type=int, choices=SCALES, help="upscaling factor (required)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--save", metavar="DIR", help="write the SR images to DIR as PNG")
     parser.add_argument("--data-root", metavar="DIR", help="root of named datasets (default $MINISR_DATA)")
     parser.add_argument("--device", default="cpu", help="device for trained models (default: cpu)")
     parser.add_argument("--ensemble", action="store_true",
                         help="x8 self-ensemble: average the 8 flips / rotations (EDSR's '+')")
+    parser.add_argument("--table", action="store_true",
+                        help="the paper table: every shipped model x every benchmark under the data root x its "
+                             "scales, beside bicubic and the published figures (minisr.report)")
+    parser.add_argument("--out", metavar="DIR", default="paper-table",
+                        help="--table: where table.md, table.png and results.json go (default ./paper-table)")
+    parser.add_argument("--models", help="--table: comma-separated shipped names or checkpoints (default: all)")
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.table:
+        from minisr import report  # the table is built on evaluate() above
+
+        return report.main(args=args)
+    missing = [f"--{k}" for k in ("model", "dataset", "scale") if getattr(args, k) is None]
+    if missing:
+        parser.error(f"{', '.join(missing)} required (or --table)")
     tag = ("bicubic" if args.model == "bicubic" else Path(args.model).stem) + ("+" if args.ensemble else "")
     try:
         upscaler = load_upscaler(args.model, args.scale, device=args.device, ensemble=args.ensemble)
