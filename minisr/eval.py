@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", metavar="DIR", default="paper-table",
                         help="--table: where table.md, table.png and results.json go (default ./paper-table)")
     parser.add_argument("--models", help="--table: comma-separated shipped names or checkpoints (default: all)")
+    parser.add_argument("--datasets", help="--table: comma-separated benchmarks (default: all under the data root)")
     return parser
 
 

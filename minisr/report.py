@@ -109,9 +109,10 @@ def model_scales(meta: dict) -> list[int]:
     return [int(s) for s in (meta.get("scales") or [meta.get("scale")])]
 
 
-def run_table(root: Path, models: dict[str, dict], ensemble: bool = False, log=print) -> list[dict]:
-    """Evaluate bicubic and every model on every benchmark at each model's scales; one entry per evaluation."""
-    sets = benchmarks(root)
+def run_table(root: Path, models: dict[str, dict], ensemble: bool = False, log=print, datasets=None) -> list[dict]:
+    """Evaluate bicubic and every model on every benchmark (or on ``datasets``) at each model's scales; one entry per
+    evaluation."""
+    sets = list(datasets) if datasets else benchmarks(root)
     if not sets:
         raise DatasetNotFoundError(f"--table: no benchmark folders with images under {root} (training sets "
                                    f"{', '.join(sorted(TRAINING_SETS))} are skipped)")
@@ -213,6 +214,7 @@ def add_table_arguments(p: argparse.ArgumentParser) -> None:
                    help="table: where table.md, table.png and results.json go (default ./paper-table)")
     p.add_argument("--models", help="table: comma-separated shipped names or checkpoint paths (default: every "
                                     "shipped one)")
+    p.add_argument("--datasets", help="table: comma-separated benchmarks (default: every one under the data root)")
 
 
 def main(argv=None, args=None) -> int:
@@ -224,7 +226,8 @@ def main(argv=None, args=None) -> int:
         models = shipped_models([m for m in args.models.split(",") if m] if args.models else None)
         if not models:
             raise FileNotFoundError("no shipped models in minisr/weights and no --models given")
-        rows = run_table(root, models, ensemble=args.ensemble, log=lambda m: print(m, file=sys.stderr))
+        sets = [d for d in args.datasets.split(",") if d] if args.datasets else None
+        rows = run_table(root, models, ensemble=args.ensemble, log=lambda m: print(m, file=sys.stderr), datasets=sets)
     except (DatasetNotFoundError, ImageReadError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

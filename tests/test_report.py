@@ -65,6 +65,9 @@ def test_eval_table_is_the_same_command(root, tmp_path, capsys):
     assert report.main(["--data-root", str(root), "--models", str(ckpt), "--out", str(a)]) == 0
     assert sr_eval.main(["--table", "--data-root", str(root), "--models", str(ckpt), "--out", str(b)]) == 0
     assert (a / "table.md").read_text() == (b / "table.md").read_text()
+    assert sr_eval.main(["--table", "--data-root", str(root), "--models", str(ckpt), "--out", str(b),
+                         "--datasets", "Mini"]) == 0
+    assert {r["dataset"] for r in json.loads((b / "results.json").read_text())["results"]} == {"Mini"}
 
 
 def test_table_without_a_data_root_says_where_it_looked(tmp_path, capsys, monkeypatch):
