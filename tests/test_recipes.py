@@ -6,6 +6,7 @@ import shutil
 import numpy as np
 import pytest
 from test_train import argv, assert_same_state, read_history, run_main, without_time
+from test_upscale import save_model
 
 from minisr import checkpoint, models, train
 from minisr.data import imresize, write_image
@@ -88,22 +89,18 @@ def test_a_dataset_without_usable_images_is_named(data, more, tmp_path, capsys, 
 
 
 def test_init_from_another_architecture_or_scale_names_both(data, tmp_path, capsys):
-    vdsr = tmp_path / "vdsr"
-    assert run_main(capsys, argv("vdsr", data, vdsr, "--steps", "1"))[0] == 0
-    code, _, err = run_main(capsys, argv("srcnn", data, tmp_path / "r", "--init", vdsr / "last.npz"))
+    vdsr = save_model(tmp_path / "vdsr.npz", "vdsr", dict(depth=3, features=8), 2)
+    code, _, err = run_main(capsys, argv("srcnn", data, tmp_path / "r", "--init", vdsr))
     assert code == 2 and "vdsr x2" in err and "srcnn x3" in err
-    code, _, err = run_main(capsys, argv("srcnn", data, tmp_path / "r", "--init", vdsr / "last.npz",
-                                         "--features", "16,4"))
+    code, _, err = run_main(capsys, argv("srcnn", data, tmp_path / "r", "--init", vdsr, "--features", "16,4"))
     assert code == 2 and "features 16-4" in err
-    edsr = tmp_path / "edsr"
-    assert run_main(capsys, argv("edsr", data, edsr, "--steps", "1"))[0] == 0
-    code, _, err = run_main(capsys, argv("edsr", data, tmp_path / "r", "--init", edsr / "last.npz", "--scale", "4"))
+    edsr = save_model(tmp_path / "edsr.npz", "edsr", dict(scale=2, n_resblocks=1, n_feats=8), 2)
+    code, _, err = run_main(capsys, argv("edsr", data, tmp_path / "r", "--init", edsr, "--scale", "4"))
     assert code == 2 and "edsr x2" in err and "edsr x4" in err
+    assert not (tmp_path / "r" / "last.npz").exists()
     # SRCNN's weights work at any scale: another scale is a fine-tuning start, said so
-    srcnn = tmp_path / "srcnn"
-    assert run_main(capsys, argv("srcnn", data, srcnn, "--steps", "1", "--scale", "2"))[0] == 0
-    code, out, err = run_main(capsys, argv("srcnn", data, tmp_path / "ok", "--init", srcnn / "last.npz",
-                                           "--steps", "1"))
+    srcnn = save_model(tmp_path / "srcnn.npz", "srcnn", dict(features=(8, 4)), 2)
+    code, out, err = run_main(capsys, argv("srcnn", data, tmp_path / "ok", "--init", srcnn, "--steps", "1"))
     assert code == 0, err
     assert "srcnn x2" in out and "srcnn x3" in out
 
