@@ -141,9 +141,9 @@ def run_table(root: Path, models: dict[str, dict], ensemble: bool = False, log=p
 def markdown(rows: list[dict]) -> str:
     """One table per benchmark: model, scale, PSNR / SSIM, bicubic, published, ours minus published."""
     lines = ["PSNR (dB) / SSIM on the Y channel, border = scale, MATLAB bicubic LR "
-             "(`python -m minisr.eval --table`). \"+\": x8 self-ensemble. Published figures:"]
-    papers = sorted({r["paper"] for r in rows if r["paper"] and r["published"]})
-    lines += [f"{p}: {CITATIONS[p]}." for p in papers]
+             "(`python -m minisr.eval --table`). \"+\": x8 self-ensemble. Published figures:", ""]
+    papers = sorted({r["paper"] for r in rows if r["paper"] and r["published"]} | {"bicubic"})
+    lines += [f"- {p}: {CITATIONS[p]}." for p in papers]
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         here = [r for r in rows if r["dataset"] == dataset]
         bic = {r["scale"]: r for r in here if r["model"] == "bicubic"}
