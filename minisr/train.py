@@ -166,10 +166,12 @@ def make_dataset(cfg: Config, model) -> PatchDataset:
         if not found:
             raise DatasetNotFoundError(f"--data {name}: no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
         if _patch_dataset(found, cfg, model).steps_per_epoch(1) == 0:
-            side = cfg.patch if model.upsample_input else f"{cfg.patch} (LR; {cfg.patch} x scale HR)"
+            p = cfg.patch
+            side = f"{p}x{p} patch" if model.upsample_input else \
+                f"{p}x{p} LR patch ({' / '.join(f'{p * s}x{p * s}' for s in cfg.train_scales)} HR)"
+            scales = ", ".join(f"x{s}" for s in cfg.train_scales)
             raise ValueError(f"no training patches in --data {name} ({folder}): every one of its {len(found)} "
-                             f"images is smaller than the {side} patch at x{cfg.train_scales} (use a smaller "
-                             "--patch)")
+                             f"images is smaller than the {side} at {scales} (use a smaller --patch)")
         files += found
     return _patch_dataset(files, cfg, model)
 
