@@ -2,7 +2,10 @@
 
 With no options ``python -m minisr.train srcnn`` trains SRCNN x3 on the embedded default images (scikit-image's
 photos; no download), validates each epoch, and prints the validation PSNR against bicubic and where it wrote:
-``best.npz`` / ``last.npz`` checkpoints, ``history.csv`` and ``curves.png``.
+``best.npz`` / ``last.npz`` checkpoints, ``history.csv`` and ``curves.png``. That is the quick recipe (minutes on a
+CPU); ``--recipe paper`` is the long one behind the shipped weights (T91 + BSD200, validated on Set5; ``--data`` takes
+several datasets joined by commas). Both warm the learning rate up, decay it (cosine by default) and clip the
+gradients' global norm, so that the validation curve does not collapse; ``best.npz`` is the best validation epoch.
 
 ``python -m minisr.train --resume RUN/last.npz [--steps N | --epochs N]`` continues a run exactly: the same batches,
 learning rates, optimizer state and per-epoch losses as if it had never stopped. Ctrl-C saves ``last.npz`` and exits
@@ -41,7 +44,8 @@ from .random import manual_seed
 from .tensor import Tensor
 from .upscalers import Upscaler, bicubic_upscaler
 
-# Each model's paper recipe (budgets cut to fit a CPU; every value can be overridden on the command line).
+# Each model's paper recipe, budgets cut to fit a CPU: the quick recipe, the default (every value can be overridden on
+# the command line; PAPER_RECIPES below are the long runs).
 RECIPES = {
     # SRCNN: 33x33 Y sub-images with stride 14 from the bicubic-upscaled LR, MSE on the valid centre.
     # Adam (as the seed tutorial) instead of the paper's SGD; the last layer learns 10x slower, as in the paper.
