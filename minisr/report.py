@@ -45,6 +45,7 @@ PUBLISHED = {
     ("vdsr", "Set14", 2): (33.03, 0.9124), ("vdsr", "Set14", 3): (29.77, 0.8314), ("vdsr", "Set14", 4): (28.01, 0.7674),
     ("edsr-baseline", "Set5", 2): (37.99, 0.9604), ("edsr-baseline", "Set5", 3): (34.33, 0.9265),
     ("edsr-baseline", "Set5", 4): (32.09, 0.8938),
+    # (Set14 baseline figures not yet checked against the paper's PDF in this repository: no EDSR weights ship yet.)
     ("edsr-baseline", "Set14", 2): (33.57, 0.9175), ("edsr-baseline", "Set14", 3): (30.28, 0.8415),
     ("edsr-baseline", "Set14", 4): (28.58, 0.7813),
 }
