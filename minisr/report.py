@@ -100,9 +100,13 @@ def shipped_models(names=None) -> dict[str, dict]:
     from .models import load, shipped
 
     out = {}
-    for name in (names if names else list(shipped())):
+    names = list(names if names else shipped())
+    stems = [Path(n).stem if Path(n).suffix == ".npz" else n for n in names]
+    for name, stem in zip(names, stems):
         _, meta = load(name)
-        out[Path(name).stem if Path(name).suffix == ".npz" else name] = dict(meta, spec=str(name))
+        if stems.count(stem) > 1:  # runs/a/best.npz and runs/b/best.npz: a/best, b/best
+            stem = f"{Path(name).parent.name}/{stem}"
+        out[stem] = dict(meta, spec=str(name))
     return out
 
 

@@ -90,6 +90,14 @@ def test_eval_without_table_still_needs_model_dataset_scale(capsys):
     assert e.value.code == 2 and "--dataset, --scale required" in capsys.readouterr().err
 
 
+def test_checkpoints_with_the_same_file_name_keep_their_folder(tmp_path):
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+        save_model(tmp_path / run / "best.npz", "srcnn", dict(features=(8, 4)), 2)
+    names = report.shipped_models([str(tmp_path / "a" / "best.npz"), str(tmp_path / "b" / "best.npz")])
+    assert list(names) == ["a/best", "b/best"]
+
+
 def test_papers_and_shipped_models():
     assert report.paper_of({"model": "edsr", "config": {"n_resblocks": 16, "n_feats": 64}}) == "edsr-baseline"
     assert report.paper_of({"model": "edsr", "config": {"n_resblocks": 32, "n_feats": 256}}) is None
