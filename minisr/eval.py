@@ -3,8 +3,9 @@
     python -m minisr.eval --model bicubic --dataset Set5 --scale 2 [--json] [--save DIR] [--data-root DIR]
 
 MODEL is ``bicubic`` (MATLAB bicubic upscaling of the LR image, uint8), a checkpoint path, or a shipped
-model name (``minisr.upscale.make_upscaler`` builds those). The metrics follow the papers: Y channel (MATLAB
-BT.601, unrounded), ``scale`` pixels cut off every border (see :mod:`minisr.metrics`).
+model name (``minisr.upscalers.make_upscaler`` builds those). ``--ensemble`` averages the 8 flips / rotations (EDSR's
+"+"). ``--table`` scores every shipped model on every benchmark found (see :mod:`minisr.report`). The metrics follow
+the papers: Y channel (MATLAB BT.601, unrounded), ``scale`` pixels cut off every border (see :mod:`minisr.metrics`).
 """
 
 import argparse
@@ -19,11 +20,11 @@ from minisr.data import (
     ImageReadError,
     as_benchmark,
     benchmark_files,
-    imresize,
     load_benchmark,
     write_image,
 )
 from minisr.metrics import psnr, ssim
+from minisr.upscalers import bicubic_upscaler  # noqa: F401  (its home is minisr.upscalers; importable from here)
 
 SCALES = (2, 3, 4)
 
@@ -32,27 +33,21 @@ class UnknownModelError(LookupError):
     """The --model argument is neither 'bicubic', a checkpoint path nor a shipped model name."""
 
 
-def bicubic_upscaler(scale: int):
-    """The baseline: ``imresize(lr, scale)``, MATLAB bicubic, uint8 in and out."""
-    def upscale(lr):
-        return imresize(lr, scale)
-    return upscale
-
-
-def load_upscaler(model: str, scale: int, device: str = "cpu"):
-    """A callable ``lr_uint8 -> sr_uint8``: 'bicubic' is made here, any other model by minisr.upscale."""
-    if model == "bicubic":
-        return bicubic_upscaler(scale)
+def load_upscaler(model: str, scale: int, device: str = "cpu", ensemble: bool = False):
+    """A callable ``lr_uint8 -> sr_uint8`` for 'bicubic', a checkpoint path or a shipped model name (from
+    :mod:`minisr.upscalers`); ``ensemble``: the x8 self-ensemble of it."""
     hint = "MODEL is 'bicubic', a checkpoint path, or the name of a shipped model"
     try:
-        from minisr.upscale import make_upscaler
+        from minisr.upscalers import make_upscaler
     except ImportError as err:
         message = f"cannot load model {model!r}: trained models are not available ({err}). {hint}."
         raise UnknownModelError(message) from err
     try:
+        if ensemble:
+            return make_upscaler(model, scale, device=device, ensemble=True)
         return make_upscaler(model, scale, device=device)
     except (KeyError, FileNotFoundError) as err:
-        raise UnknownModelError(f"unknown model {model!r} ({err}). {hint}.") from err
+        raise UnknownModelError(f"unknown model {model!r}. {hint} ({err}).") from err
 
 
 def evaluate(upscaler, dataset, scale: int, *, data_root=None, crop_border=None, y_channel: bool = True,
@@ -109,31 +104,48 @@ def format_table(result: dict, model: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m minisr.eval", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="'bicubic', a checkpoint path or a shipped model name")
-    parser.add_argument("--dataset", required=True, help="Set5, Set14, ... (under --data-root) or a folder")
-    parser.add_argument("--scale", required=True, type=int, choices=SCALES, help="upscaling factor")
+    parser.add_argument("--model", help="'bicubic', a checkpoint path or a shipped model name (required)")
+    parser.add_argument("--dataset", help="Set5, Set14, ... (under --data-root) or a folder (required)")
+    parser.add_argument("--scale", type=int, choices=SCALES, help="upscaling factor (required)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--save", metavar="DIR", help="write the SR images to DIR as PNG")
     parser.add_argument("--data-root", metavar="DIR", help="root of named datasets (default $MINISR_DATA)")
     parser.add_argument("--device", default="cpu", help="device for trained models (default: cpu)")
+    parser.add_argument("--ensemble", action="store_true",
+                        help="x8 self-ensemble: average the 8 flips / rotations (EDSR's '+')")
+    parser.add_argument("--table", action="store_true",
+                        help="the paper table: every shipped model x every benchmark under the data root x its "
+                             "scales, beside bicubic and the published figures (minisr.report)")
+    parser.add_argument("--out", metavar="DIR", default="paper-table",
+                        help="--table: where table.md, table.png and results.json go (default ./paper-table)")
+    parser.add_argument("--models", help="--table: comma-separated shipped names or checkpoints (default: all)")
+    parser.add_argument("--datasets", help="--table: comma-separated benchmarks (default: all under the data root)")
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    tag = "bicubic" if args.model == "bicubic" else Path(args.model).stem
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.table:
+        from minisr import report  # the table is built on evaluate() above
+
+        return report.main(args=args)
+    missing = [f"--{k}" for k in ("model", "dataset", "scale") if getattr(args, k) is None]
+    if missing:
+        parser.error(f"{', '.join(missing)} required (or --table)")
+    tag = ("bicubic" if args.model == "bicubic" else Path(args.model).stem) + ("+" if args.ensemble else "")
     try:
-        upscaler = load_upscaler(args.model, args.scale, device=args.device)
+        upscaler = load_upscaler(args.model, args.scale, device=args.device, ensemble=args.ensemble)
         result = evaluate(upscaler, args.dataset, args.scale, data_root=args.data_root, save_dir=args.save,
                           tag=tag, progress=not args.json)
     except (UnknownModelError, DatasetNotFoundError, ImageReadError, FileExistsError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps({"model": args.model, "dataset": args.dataset, "scale": args.scale,
+        print(json.dumps({"model": args.model, "dataset": args.dataset, "scale": args.scale, "ensemble": args.ensemble,
                           "mean": result["mean"], "images": result["images"]}))
     else:
-        print(format_table(result, args.model))
+        print(format_table(result, args.model + (" (x8 self-ensemble)" if args.ensemble else "")))
     return 0
 
 

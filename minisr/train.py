@@ -2,7 +2,10 @@
 
 With no options ``python -m minisr.train srcnn`` trains SRCNN x3 on the embedded default images (scikit-image's
 photos; no download), validates each epoch, and prints the validation PSNR against bicubic and where it wrote:
-``best.npz`` / ``last.npz`` checkpoints, ``history.csv`` and ``curves.png``.
+``best.npz`` / ``last.npz`` checkpoints, ``history.csv`` and ``curves.png``. That is the quick recipe (minutes on a
+CPU); ``--recipe paper`` is the long one behind the shipped weights (T91 + BSD200, validated on Set5; ``--data`` takes
+several datasets joined by commas). Both warm the learning rate up, decay it (cosine by default) and clip the
+gradients' global norm, so that the validation curve does not collapse; ``best.npz`` is the best validation epoch.
 
 ``python -m minisr.train --resume RUN/last.npz [--steps N | --epochs N]`` continues a run exactly: the same batches,
 learning rates, optimizer state and per-epoch losses as if it had never stopped. Ctrl-C saves ``last.npz`` and exits
@@ -29,26 +32,37 @@ from . import backends, checkpoint, models
 from . import functional as F
 from . import optim as O
 from . import random as mrandom
-from .data import PatchDataset, default_split, load_images, resolve_dataset
-from .inference import Upscaler
+from .data import (
+    IMAGE_EXTENSIONS,
+    DatasetNotFoundError,
+    PatchDataset,
+    default_split,
+    list_images,
+    resolve_dataset,
+)
 from .random import manual_seed
 from .tensor import Tensor
+from .upscalers import Upscaler, bicubic_upscaler
 
-# Each model's paper recipe (budgets cut to fit a CPU; every value can be overridden on the command line).
+# Each model's paper recipe, budgets cut to fit a CPU: the quick recipe, the default (every value can be overridden on
+# the command line; PAPER_RECIPES below are the long runs).
 RECIPES = {
     # SRCNN: 33x33 Y sub-images with stride 14 from the bicubic-upscaled LR, MSE on the valid centre.
     # Adam (as the seed tutorial) instead of the paper's SGD; the last layer learns 10x slower, as in the paper.
     "srcnn": dict(scale=3, scales=None, patch=33, stride=14, patches_per_image=None, batch_size=128, epochs=12,
                   optimizer="adam", lr=1e-3, loss="mse", lr_step=8, lr_gamma=0.1, clip=None,
+                  schedule="cosine", warmup=100, clip_norm=1.0,
                   model=dict(kernels=(9, 5, 5), features=(64, 32), padding="valid")),
     # VDSR: 41x41 Y patches mixing x2, x3, x4, SGD 0.1 with momentum 0.9, weight decay 1e-4, adjustable gradient
     # clipping to [-theta/lr, theta/lr] (theta 0.4), learning rate / 10 every 20 epochs.
     "vdsr": dict(scale=2, scales=(2, 3, 4), patch=41, stride=41, patches_per_image=None, batch_size=64, epochs=80,
                  optimizer="sgd", lr=0.1, loss="mse", lr_step=20, lr_gamma=0.1, clip=0.4,
+                 warmup=500,
                  model=dict(depth=20, features=64)),
     # EDSR: 48x48 RGB LR patches, L1 loss, Adam 1e-4 (betas 0.9/0.999, eps 1e-8), halved every 200 epochs.
     "edsr": dict(scale=2, scales=None, patch=48, stride=None, patches_per_image=16, batch_size=16, epochs=300,
                  optimizer="adam", lr=1e-4, loss="l1", lr_step=200, lr_gamma=0.5, clip=None,
+                 warmup=500,
                  model=dict(n_resblocks=16, n_feats=64, res_scale=1.0)),
 }
 # LR-input Y models (issue 16), trained on LR patches (--patch is the LR side) with random crops. Adam 1e-3 for every
@@ -67,6 +81,36 @@ RECIPES.update(
 )
 #: per model, the parameters (by name prefix) that learn at 0.1 x the learning rate
 SLOW_PARAMS = {"srcnn": "conv3"}
+
+# ``--recipe paper``: the long runs that make the shipped weights, on the 291 images (T91 + the 200 Berkeley training
+# images, VDSR's set), validated on Set5; each is RECIPES[model] with these changes. Epochs are shorter than a pass
+# over every sub-image (random crops), so that validation, best.npz and the curve come often on a CPU.
+PAPER_RECIPES = {
+    # SRCNN on 291 images: Adam with warm-up and a cosine decay to 1/100 (no collapse, no hand-tuned steps),
+    # 64 random 33x33 crops per image per epoch.
+    "srcnn": dict(data="T91,BSD200", val="Set5", stride=None, patches_per_image=64, batch_size=64, epochs=100,
+                  lr=5e-4, warmup=500, schedule="cosine", clip_norm=1.0, save_every=50),
+    # VDSR-20 on 291 images mixing x2/x3/x4: Adam instead of SGD 0.1 (which needs the paper's 80 epochs over 10^6
+    # patches to settle), warm-up, cosine decay, global-norm clipping in place of the adjustable clipping.
+    "vdsr": dict(data="T91,BSD200", val="Set5", stride=None, patches_per_image=16, batch_size=32, epochs=100,
+                 optimizer="adam", lr=2e-4, weight_decay=0.0, clip=None, warmup=1000, schedule="cosine",
+                 clip_norm=0.5, save_every=20),
+    # EDSR-baseline: L1, Adam 2e-4 with warm-up and cosine decay (the paper halves 1e-4 every 200 epochs of DIV2K).
+    "edsr": dict(data="T91,BSD200", val="Set5", patch=32, patches_per_image=16, batch_size=16, epochs=300,
+                 lr=2e-4, warmup=1000, schedule="cosine", clip_norm=1.0, save_every=20),
+}
+RECIPE_NAMES = ("quick", "paper")
+
+
+def recipe(model: str, name: str = "quick") -> dict:
+    """The hyper-parameters of ``model`` under recipe ``name`` ('quick': the default, minutes on a CPU; 'paper': the
+    long run on the 291 images that makes the shipped weights)."""
+    if name not in RECIPE_NAMES:
+        raise ValueError(f"--recipe {name!r}: use one of {', '.join(RECIPE_NAMES)}")
+    r = dict(RECIPES[model])
+    if name == "paper":
+        r.update(PAPER_RECIPES[model])
+    return r
 
 
 @dataclass
@@ -89,6 +133,12 @@ class Config:
     lr_step: int = 0
     lr_gamma: float = 0.1
     clip: float | None = None
+    clip_norm: float | None = None
+    schedule: str = "step"
+    warmup: int = 0
+    min_lr: float = 0.01
+    save_every: int = 0
+    recipe: str = "quick"
     loss: str = "mse"
     smoothness: float = 0.0
     augment: bool = True
@@ -111,14 +161,40 @@ def _channels(model) -> str:
     return "y" if model.in_channels == 1 else "rgb"
 
 
-def make_dataset(cfg: Config, model) -> PatchDataset:
-    if cfg.data == "default":
-        images = default_split()[0]
-    else:
-        images = load_images(resolve_dataset(cfg.data, cfg.data_root))
+def _patch_dataset(images, cfg: Config, model) -> PatchDataset:
     return PatchDataset(images, cfg.train_scales, cfg.patch, stride=cfg.stride,
                         patches_per_image=cfg.patches_per_image or 16, channels=_channels(model),
                         augment=cfg.augment, mode="upscaled" if model.upsample_input else "lr", seed=cfg.seed)
+
+
+def dataset_names(data: str) -> list[str]:
+    """``--data T91,BSD200`` -> ["T91", "BSD200"]."""
+    names = [d.strip() for d in str(data).split(",") if d.strip()]
+    if not names:
+        raise ValueError(f"--data {data!r} names no dataset")
+    return names
+
+
+def make_dataset(cfg: Config, model) -> PatchDataset:
+    """The training patches of ``cfg.data``: 'default', or one or more folders / names joined by commas. Each dataset
+    must hold images, and at least one large enough for a patch; the error names the one that does not."""
+    if cfg.data == "default":
+        return _patch_dataset(default_split()[0], cfg, model)
+    files = []
+    for name in dataset_names(cfg.data):
+        folder = resolve_dataset(name, cfg.data_root)
+        found = list_images(folder / "HR" if (folder / "HR").is_dir() else folder)
+        if not found:
+            raise DatasetNotFoundError(f"--data {name}: no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
+        if _patch_dataset(found, cfg, model).steps_per_epoch(1) == 0:
+            p = cfg.patch
+            side = f"{p}x{p} patch" if model.upsample_input else \
+                f"{p}x{p} LR patch ({' / '.join(f'{p * s}x{p * s}' for s in cfg.train_scales)} HR)"
+            scales = ", ".join(f"x{s}" for s in cfg.train_scales)
+            raise ValueError(f"no training patches in --data {name} ({folder}): every one of its {len(found)} "
+                             f"images is smaller than the {side} at {scales} (use a smaller --patch)")
+        files += found
+    return _patch_dataset(files, cfg, model)
 
 
 def validation_set(cfg: Config):
@@ -169,9 +245,9 @@ class Trainer:
         self.cfg, self.out = cfg, out_dir
         manual_seed(cfg.seed)
         self.model = models.build(cfg.model, **cfg.model_cfg)
+        self.notes: list[str] = []
         if cfg.init and resume is None:  # start from trained weights (e.g. x3 fine-tuned from x2)
-            src, _ = models.load(cfg.init)
-            self.model.load_state_dict(src.state_dict())
+            self._init_from(cfg.init)
         if cfg.train_only:
             freeze_except(self.model, cfg.train_only)
         self.model.to(cfg.device)
@@ -194,8 +270,29 @@ class Trainer:
         self.history: list[dict] = []
         self.best = -math.inf
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self.steps_per_epoch = self.data.steps_per_epoch(cfg.batch_size)
         if resume is not None:
             self._restore(resume)
+
+    def _init_from(self, spec: str) -> None:
+        """Load ``--init`` weights; another architecture or config, or another scale for a model that enlarges by
+        itself (EDSR), is an error naming both. SRCNN/VDSR weights work at any scale (their input is already
+        enlarged), so another scale is only noted."""
+        src, meta = models.load(spec)
+        cfg, mine = self.cfg, self.model.config
+        theirs = f"{meta['model']} x{meta.get('scale')} ({_describe(meta['config'])})"
+        ours = f"{cfg.model} x{cfg.scale} ({_describe(mine)})"
+        shapes = {k: v.shape for k, v in src.state_dict().items()}
+        same = meta["model"] == cfg.model and shapes == {k: v.shape for k, v in self.model.state_dict().items()}
+        # a model that enlarges by itself takes weights of another scale only to fine-tune part of it (FSRCNN x3/x4
+        # from x2: --train-only deconv, as in its paper)
+        if not same or (not self.model.upsample_input and meta.get("scale") != cfg.scale and not cfg.train_only):
+            raise ValueError(f"--init {spec} is a {theirs} checkpoint; this run trains {ours}: give weights of the "
+                             "same architecture" + ("" if same else " and config") + " and scale"
+                             + ("" if not same else " (or fine-tune part of it with --train-only)"))
+        if int(meta.get("scale", cfg.scale)) != cfg.scale:
+            self.notes.append(f"note: --init {spec} is {theirs}; fine-tuning it as {ours}")
+        self.model.load_state_dict(src.state_dict())
 
     # --------------------------------------------------------------------------------------------- checkpoints
     def meta(self) -> dict:
@@ -230,8 +327,28 @@ class Trainer:
               f"Lower --lr, or add --clip.", file=sys.stderr)
 
     # ------------------------------------------------------------------------------------------------ training
+    def lr_factor(self, step: int | None = None) -> float:
+        """The learning rate at ``step`` (default: the next one) over the base rate: a linear warm-up over
+        ``warmup`` steps, times the schedule: 'step' (x lr_gamma every lr_step epochs) or 'cosine' (from 1 down to
+        ``min_lr`` over epochs x steps_per_epoch steps). A function of the step alone, so a resumed run gets the
+        same rates."""
+        cfg = self.cfg
+        step = self.step if step is None else step
+        if cfg.schedule == "cosine":
+            total = max(cfg.epochs * self.steps_per_epoch, 1)
+            t = min(step, total) / total
+            factor = cfg.min_lr + (1.0 - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
+        elif cfg.schedule == "step":
+            epoch = step // self.steps_per_epoch if self.steps_per_epoch else 0
+            factor = cfg.lr_gamma ** (epoch // cfg.lr_step) if cfg.lr_step else 1.0
+        else:
+            raise ValueError(f"--schedule {cfg.schedule!r}: use step or cosine")
+        if cfg.warmup and step < cfg.warmup:
+            factor *= (step + 1) / cfg.warmup
+        return factor
+
     def _set_lr(self) -> None:
-        factor = self.cfg.lr_gamma ** (self.epoch // self.cfg.lr_step) if self.cfg.lr_step else 1.0
+        factor = self.lr_factor()
         for g, base in zip(self.optimizer.param_groups, self.base_lrs):
             g["lr"] = base * factor
 
@@ -249,6 +366,8 @@ class Trainer:
             return value
         self.optimizer.zero_grad()
         loss.backward()
+        if cfg.clip_norm:  # global-norm clipping: one bad batch cannot throw the weights far
+            O.clip_grad_norm_(m.parameters(), cfg.clip_norm)
         if cfg.clip:  # VDSR's adjustable clipping: [-theta / lr, theta / lr]
             O.clip_grad_value_(m.parameters(), cfg.clip / self.optimizer.param_groups[0]["lr"])
         self.optimizer.step()
@@ -281,9 +400,10 @@ class Trainer:
         status = "finished"
         try:
             while self.epoch < cfg.epochs and self.step < total and status == "finished":
-                self._set_lr()
                 t0, seen = time.perf_counter(), 0
+                mark = t0  # epoch_seconds counts up to here
                 for x, t in self.data.batches(cfg.batch_size, self.epoch, start_step=self.step_in_epoch):
+                    self._set_lr()
                     value = self.train_step(x, t)
                     if not math.isfinite(value):
                         status = "nan"
@@ -298,7 +418,18 @@ class Trainer:
                                     samples_s=f"{seen / (time.perf_counter() - t0):.0f}")
                     if interrupted or self.step >= total:
                         break
-                self.epoch_seconds += time.perf_counter() - t0
+                    if cfg.save_every and self.step % cfg.save_every == 0 and \
+                            self.step_in_epoch < steps_per_epoch:  # mid-epoch: --resume continues from here
+                        if not self._weights_finite():
+                            status = "nan"
+                            self._stop_on_nan("the weights became non-finite", self.step)
+                            break
+                        now = time.perf_counter()
+                        self.epoch_seconds, mark = self.epoch_seconds + now - mark, now
+                        self.save("last.npz")
+                self.epoch_seconds += time.perf_counter() - mark
+                if status == "nan":
+                    break
                 if status == "finished" and not self._weights_finite():  # the last update overflowed
                     status = "nan"
                     self._stop_on_nan("the weights became non-finite", self.step)
@@ -389,6 +520,10 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+def _describe(config: dict) -> str:
+    return ", ".join(f"{k} {'-'.join(map(str, v)) if isinstance(v, (list, tuple)) else v}" for k, v in config.items())
+
+
 def _jsonable(d):
     return json.loads(json.dumps(d, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
 
@@ -403,9 +538,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", choices=sorted(RECIPES), help="architecture (optional with --resume)")
     p.add_argument("--scale", type=int, help="upscaling factor (srcnn default 3, vdsr/edsr 2)")
     p.add_argument("--scales", type=_ints, help="scales mixed in training, e.g. 2,3,4 (VDSR default)")
-    p.add_argument("--data", default="default",
-                   help="training images: 'default' (scikit-image photos), a folder, or a name under --data-root")
-    p.add_argument("--val", default="default", help="validation: 'default', Set5, Set14 or a folder")
+    p.add_argument("--recipe", choices=RECIPE_NAMES, default="quick",
+                   help="quick (default): minutes on a CPU; paper: the long run on T91,BSD200 validated on Set5 that "
+                        "makes the shipped weights (see minisr/weights/README.md)")
+    p.add_argument("--data",
+                   help="training images: 'default' (scikit-image photos), or folders / names under --data-root "
+                        "joined by commas, e.g. T91,BSD200 (default: the recipe's)")
+    p.add_argument("--val", help="validation: 'default', Set5, Set14 or a folder (default: the recipe's)")
     p.add_argument("--data-root", help="where dataset names resolve (default $MINISR_DATA)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--steps", type=int, dest="max_steps", help="stop after this many steps in total")
@@ -420,6 +559,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-step", type=int, help="multiply the learning rate by --lr-gamma every this many epochs")
     p.add_argument("--lr-gamma", type=float)
     p.add_argument("--clip", type=float, help="VDSR gradient clipping theta (gradients to [-theta/lr, theta/lr])")
+    p.add_argument("--clip-norm", type=float, help="clip the gradients' global L2 norm to this (0: off)")
+    p.add_argument("--schedule", choices=["step", "cosine"],
+                   help="learning-rate schedule: step (x lr-gamma every lr-step epochs) or cosine (to --min-lr)")
+    p.add_argument("--warmup", type=int, help="linear learning-rate warm-up over this many steps")
+    p.add_argument("--min-lr", type=float, help="cosine schedule's last learning rate, as a fraction of --lr")
+    p.add_argument("--save-every", type=int, help="also save last.npz every this many steps inside an epoch")
     p.add_argument("--loss", choices=["mse", "l1"])
     p.add_argument("--smoothness", type=float, default=0.0, help="weight of the smoothness prior added to the loss")
     p.add_argument("--no-augment", action="store_true")
@@ -446,7 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args) -> Config:
-    r = RECIPES[args.model]
+    r = recipe(args.model, args.recipe)
     model_cfg = dict(r["model"])
     for key, attr in [("kernels", "kernels"), ("features", "features"), ("padding", "padding"), ("depth", "depth"),
                       ("n_resblocks", "n_resblocks"), ("n_feats", "n_feats"), ("res_scale", "res_scale")]:
@@ -479,13 +624,18 @@ def config_from_args(args) -> Config:
 
     stride = pick("stride", r["stride"])
     return Config(
-        model=args.model, scale=scale, scales=scales, data=args.data, val=args.val, data_root=args.data_root,
+        model=args.model, scale=scale, scales=scales, data=pick("data", r.get("data", "default")),
+        val=pick("val", r.get("val", "default")), data_root=args.data_root, recipe=args.recipe,
+        clip_norm=pick("clip_norm", r.get("clip_norm")) or None,
+        schedule=pick("schedule", "step" if args.lr_step else r.get("schedule", "step")),
+        warmup=pick("warmup", r.get("warmup", 0)), min_lr=pick("min_lr", r.get("min_lr", 0.01)),
+        save_every=pick("save_every", r.get("save_every", 0)),
         epochs=pick("epochs", r["epochs"]), max_steps=args.max_steps, batch_size=pick("batch_size", r["batch_size"]),
         patch=pick("patch", r["patch"]), stride=stride or None,
         patches_per_image=pick("patches_per_image", r["patches_per_image"]),
         optimizer=pick("optimizer", r["optimizer"]),
         lr=pick("lr", r["lr"]), momentum=args.momentum,
-        weight_decay=pick("weight_decay", 1e-4 if args.model == "vdsr" else 0.0),
+        weight_decay=pick("weight_decay", r.get("weight_decay", 1e-4 if args.model == "vdsr" else 0.0)),
         lr_step=pick("lr_step", r["lr_step"]), lr_gamma=pick("lr_gamma", r["lr_gamma"]), clip=pick("clip", r["clip"]),
         loss=pick("loss", r["loss"]), smoothness=args.smoothness, augment=not args.no_augment, seed=args.seed,
         device=args.device, backend=args.backend, out=args.out, init=args.init, train_only=args.train_only,
@@ -512,8 +662,11 @@ def main(argv=None) -> int:
                 raise ValueError(f"{args.resume} has no training state (not written by minisr.train): "
                                  "cannot resume")
             cfg = Config(**resume["meta"]["train_config"])
-            if args.model and args.model != cfg.model:
-                raise ValueError(f"{args.resume} is a {cfg.model} run, not {args.model}")
+            if (args.model and args.model != cfg.model) or (args.scale and args.scale != cfg.scale):
+                asked = f"{args.model or cfg.model} x{args.scale or cfg.scale}"
+                what = _describe(resume["meta"]["config"])
+                raise ValueError(f"{args.resume} is a {cfg.model} x{cfg.scale} run ({what}), not {asked}: "
+                                 "--resume continues a run as it was started")
             if args.epochs:
                 cfg.epochs = args.epochs
             cfg.max_steps = args.max_steps
@@ -530,14 +683,17 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    from .eval import bicubic_upscaler, evaluate
+    from .eval import evaluate
 
     trainer.bicubic_psnr = evaluate(bicubic_upscaler(cfg.scale), trainer.val, cfg.scale,
                                     data_root=cfg.data_root)["mean"]["psnr"]
+    for note in trainer.notes:
+        print(note)
     n_params = trainer.model.num_parameters()
     print(f"training {cfg.model} x{cfg.scale} ({n_params:,} parameters) on {cfg.data}: "
           f"{len(trainer.data)} patches/epoch, {cfg.epochs} epochs, batch {cfg.batch_size}, {cfg.optimizer} "
-          f"lr {cfg.lr}, kernels {backends.cpu_backend_name() if cfg.device == 'cpu' else cfg.device}; "
+          f"lr {cfg.lr} ({cfg.schedule}, warm-up {cfg.warmup} steps), "
+          f"kernels {backends.cpu_backend_name() if cfg.device == 'cpu' else cfg.device}; "
           f"outputs in {out}")
     t0 = time.perf_counter()
     result = trainer.run()

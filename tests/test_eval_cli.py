@@ -36,7 +36,8 @@ def test_cli_json_in_a_subprocess(data_root):
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)  # exactly one JSON object, nothing else on stdout
-    assert set(result) == {"model", "dataset", "scale", "mean", "images"}
+    assert set(result) == {"model", "dataset", "scale", "ensemble", "mean", "images"}
+    assert result["ensemble"] is False
     assert (result["model"], result["dataset"], result["scale"]) == ("bicubic", "Set5", 4)
     assert [im["name"] for im in result["images"]] == ["baby", "bird", "butterfly", "head", "woman"]
     assert set(result["images"][0]) == {"name", "psnr", "ssim"}
@@ -87,7 +88,7 @@ def test_corrupt_image_in_dataset(tiny_set, capsys):
 
 
 def fake_upscale_module(calls, error=None):
-    """A stand-in for minisr.upscale: make_upscaler gives nearest-neighbour upscaling, or raises ``error``."""
+    """A stand-in for minisr.upscalers: make_upscaler gives nearest-neighbour upscaling, or raises ``error``."""
     def make_upscaler(model, scale, device="cpu"):
         calls.append((model, scale, device))
         if error is not None:
@@ -99,9 +100,9 @@ def fake_upscale_module(calls, error=None):
     return types.SimpleNamespace(make_upscaler=make_upscaler)
 
 
-def test_trained_models_come_from_minisr_upscale(tiny_set, tmp_path, monkeypatch, capsys):
+def test_trained_models_come_from_minisr_upscalers(tiny_set, tmp_path, monkeypatch, capsys):
     calls = []
-    monkeypatch.setitem(sys.modules, "minisr.upscale", fake_upscale_module(calls))
+    monkeypatch.setitem(sys.modules, "minisr.upscalers", fake_upscale_module(calls))
     code = main(["--model", str(tmp_path / "net.npz"), "--dataset", str(tiny_set), "--scale", "3", "--json",
                  "--device", "cuda"])
     assert code == 0
@@ -115,14 +116,14 @@ def test_trained_models_come_from_minisr_upscale(tiny_set, tmp_path, monkeypatch
 
 @pytest.mark.parametrize("error", [KeyError("no such model"), FileNotFoundError("no such checkpoint")])
 def test_unknown_model(tiny_set, monkeypatch, capsys, error):
-    monkeypatch.setitem(sys.modules, "minisr.upscale", fake_upscale_module([], error))
+    monkeypatch.setitem(sys.modules, "minisr.upscalers", fake_upscale_module([], error))
     assert main(["--model", "srgan9000", "--dataset", str(tiny_set), "--scale", "2"]) == 2
     err = capsys.readouterr().err
     assert "srgan9000" in err and "bicubic" in err and "checkpoint" in err
 
 
 def test_models_unavailable(tiny_set, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "minisr.upscale", None)  # makes `from minisr.upscale import ...` fail
+    monkeypatch.setitem(sys.modules, "minisr.upscalers", None)  # makes `from minisr.upscalers import ...` fail
     assert main(["--model", "edsr", "--dataset", str(tiny_set), "--scale", "2"]) == 2
     err = capsys.readouterr().err
     assert "edsr" in err and "bicubic" in err

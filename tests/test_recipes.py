@@ -1,0 +1,144 @@
+"""Training recipes: --recipe quick|paper, several --data sets, warm-up + cosine schedule, global-norm clipping,
+mid-epoch saves (--save-every) that resume exactly, and the errors of --init / --resume / --data."""
+
+import shutil
+
+import numpy as np
+import pytest
+from test_train import argv, assert_same_state, read_history, run_main, without_time
+from test_upscale import save_model
+
+from minisr import checkpoint, models, train
+from minisr.data import imresize, write_image
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(5)
+    for i, shape in enumerate([(10, 12, 3), (11, 10, 3), (10, 10)]):
+        noise = rng.integers(0, 256, size=shape).astype(np.float64)
+        write_image(folder / f"im{i}.png", np.clip(imresize(noise, 4), 0, 255).astype(np.uint8))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def more(tmp_path_factory):
+    """A second training set (one 48x40 image) and one whose images are all too small (12x12)."""
+    rng = np.random.default_rng(6)
+    big, small = tmp_path_factory.mktemp("more"), tmp_path_factory.mktemp("small")
+    write_image(big / "a.png", rng.integers(0, 256, size=(48, 40, 3)).astype(np.uint8))
+    write_image(small / "b.png", rng.integers(0, 256, size=(12, 12, 3)).astype(np.uint8))
+    return big, small
+
+
+def parse(*args):
+    return train.config_from_args(train.build_parser().parse_args(list(args)))
+
+
+def test_paper_recipe_is_one_option_and_quick_the_default():
+    quick = parse("srcnn")
+    assert (quick.recipe, quick.data, quick.val, quick.schedule) == ("quick", "default", "default", "cosine")
+    assert quick.warmup > 0 and quick.clip_norm
+    paper = parse("srcnn", "--recipe", "paper")
+    assert (paper.data, paper.val, paper.schedule) == ("T91,BSD200", "Set5", "cosine")
+    assert paper.epochs > quick.epochs and paper.save_every > 0 and paper.stride is None
+    assert paper.model_cfg == quick.model_cfg  # the same 9-5-5 network
+    assert parse("srcnn", "--recipe", "paper", "--data", "T91", "--lr", "1e-4").data == "T91"
+    for model in ("vdsr", "edsr"):
+        cfg = parse(model, "--recipe", "paper")
+        assert cfg.data == "T91,BSD200" and cfg.warmup > 0
+    assert parse("vdsr", "--recipe", "paper").optimizer == "adam"
+    assert parse("srcnn", "--lr-step", "3").schedule == "step"  # a step size asks for the step schedule
+
+
+def lr_curve(cfg_args, data, tmp_path, steps):
+    cfg = parse(*cfg_args)
+    trainer = train.Trainer(cfg, tmp_path)
+    return [trainer.lr_factor(s) for s in range(steps)], trainer.steps_per_epoch
+
+
+def test_warmup_then_cosine_decay(data, tmp_path):
+    args = argv("srcnn", data, tmp_path / "r", "--epochs", "4", "--warmup", "3", "--min-lr", "0.1")
+    spe = lr_curve(args, data, tmp_path, 1)[1]
+    f, _ = lr_curve(args, data, tmp_path, 4 * spe + 2)
+    total = 4 * spe
+    assert f[:3] == pytest.approx([c * (1 + np.cos(np.pi * s / total)) / 2 * (s + 1) / 3 * 0.9 + (s + 1) / 3 * 0.1
+                                   for s, c in zip(range(3), [1, 1, 1])])
+    assert f[3] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * 3 / total)))
+    assert all(a >= b for a, b in zip(f[3:total], f[4:total + 1]))  # decays after the warm-up
+    assert f[total] == pytest.approx(0.1) and f[-1] == pytest.approx(0.1)  # the floor, kept after the end
+
+
+def test_several_datasets_at_once(data, more, tmp_path):
+    big, small = more
+    one = train.Trainer(parse(*argv("srcnn", data, tmp_path / "a")), tmp_path / "a")
+    two = train.Trainer(parse(*argv("srcnn", data, tmp_path / "b"), "--data", f"{data},{big}"), tmp_path / "b")
+    extra = train.Trainer(parse(*argv("srcnn", big, tmp_path / "c")), tmp_path / "c")
+    assert len(two.data) == len(one.data) + len(extra.data) > len(one.data)
+
+
+@pytest.mark.parametrize("case", ["small", "empty"])
+def test_a_dataset_without_usable_images_is_named(data, more, tmp_path, capsys, case):
+    folder = more[1] if case == "small" else tmp_path / "empty"
+    folder.mkdir(exist_ok=True)
+    code, _, err = run_main(capsys, argv("srcnn", data, tmp_path / "r") + ["--data", f"{data},{folder}"])
+    assert code == 2 and str(folder) in err
+    assert ("smaller than the 20" in err) if case == "small" else ("no images" in err)
+    assert str(data) + " " not in err  # the good set is not blamed
+
+
+def test_init_from_another_architecture_or_scale_names_both(data, tmp_path, capsys):
+    vdsr = save_model(tmp_path / "vdsr.npz", "vdsr", dict(depth=3, features=8), 2)
+    code, _, err = run_main(capsys, argv("srcnn", data, tmp_path / "r", "--init", vdsr))
+    assert code == 2 and "vdsr x2" in err and "srcnn x3" in err
+    code, _, err = run_main(capsys, argv("srcnn", data, tmp_path / "r", "--init", vdsr, "--features", "16,4"))
+    assert code == 2 and "features 16-4" in err
+    edsr = save_model(tmp_path / "edsr.npz", "edsr", dict(scale=2, n_resblocks=1, n_feats=8), 2)
+    code, _, err = run_main(capsys, argv("edsr", data, tmp_path / "r", "--init", edsr, "--scale", "4"))
+    assert code == 2 and "edsr x2" in err and "edsr x4" in err
+    assert not (tmp_path / "r" / "last.npz").exists()
+    # SRCNN's weights work at any scale: another scale is a fine-tuning start, said so
+    srcnn = save_model(tmp_path / "srcnn.npz", "srcnn", dict(features=(8, 4)), 2)
+    code, out, err = run_main(capsys, argv("srcnn", data, tmp_path / "ok", "--init", srcnn, "--steps", "1"))
+    assert code == 0, err
+    assert "srcnn x2" in out and "srcnn x3" in out
+
+
+def test_resume_with_another_model_or_scale_names_both(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert run_main(capsys, argv("srcnn", data, run, "--steps", "1"))[0] == 0
+    for extra, asked in [(["vdsr"], "vdsr x3"), (["srcnn", "--scale", "2"], "srcnn x2")]:
+        code, _, err = run_main(capsys, [*extra, "--resume", str(run / "last.npz")])
+        assert code == 2 and "srcnn x3" in err and asked in err
+
+
+def test_mid_epoch_saves_resume_exactly(data, tmp_path, capsys, monkeypatch):
+    """--save-every writes last.npz inside epochs; a run killed after one of them and resumed from it equals the run
+    that was never stopped (warm-up, cosine decay and norm clipping included)."""
+    extra = ["--epochs", "2", "--warmup", "4", "--clip-norm", "0.01", "--save-every", "2"]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    kept = tmp_path / "kept.npz"
+    real_save = checkpoint.save
+    saved_at = []
+
+    def save_and_keep(path, model_state, meta, optim_state=None):
+        out = real_save(path, model_state, meta, optim_state)
+        saved_at.append((meta["step"], meta["step_in_epoch"]))
+        if meta["epoch"] == 1 and meta["step_in_epoch"] == 2:  # inside the second epoch
+            shutil.copy(out, kept)
+        return out
+
+    monkeypatch.setattr(checkpoint, "save", save_and_keep)
+    assert run_main(capsys, argv("srcnn", data, whole, *extra))[0] == 0
+    monkeypatch.undo()
+    spe = checkpoint.load(whole / "last.npz")["meta"]["step"] // 2
+    assert spe >= 3 and (2, 2) in saved_at and (spe + 2, 2) in saved_at  # mid-epoch saves
+    parts.mkdir()
+    shutil.copy(kept, parts / "last.npz")
+    code, _, err = run_main(capsys, ["--resume", str(parts / "last.npz")])
+    assert code == 0, err
+    assert without_time(read_history(parts)) == without_time(read_history(whole))
+    assert_same_state(whole / "last.npz", parts / "last.npz")
+    model, _ = models.load(parts / "best.npz")
+    assert model.config["kernels"] == [9, 5, 5]
