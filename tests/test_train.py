@@ -148,6 +148,15 @@ def test_resume_continues_exactly(data, tmp_path, capsys, model, split):
 
 
 def test_ctrl_c_saves_and_resume_continues_exactly(data, tmp_path, capsys, monkeypatch):
+    # Ctrl-C as in a terminal, also when pytest was started with SIGINT ignored (nohup, a background job)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _ctrl_c_saves_and_resume_continues_exactly(data, tmp_path, capsys, monkeypatch)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _ctrl_c_saves_and_resume_continues_exactly(data, tmp_path, capsys, monkeypatch):
     spe = steps_per_epoch("srcnn", data, tmp_path)
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert run_main(capsys, argv("srcnn", data, whole, "--epochs", "2"))[0] == 0
