@@ -31,6 +31,10 @@ CITATIONS = {
     "edsr-baseline": "EDSR baseline, 16 blocks x 64 features (Lim et al., 'Enhanced Deep Residual Networks for "
                      "Single Image Super-Resolution', CVPRW 2017), Table 3",
     "bicubic": "Bicubic, as tabulated in Kim et al., CVPR 2016, Table 3",
+    "fsrcnn": "FSRCNN(56, 12, 4) (Dong, Loy, Tang, 'Accelerating the Super-Resolution Convolutional Neural Network', "
+              "ECCV 2016), Set5 PSNR as the project's target quotes it (SSIM not recorded here)",
+    "espcn": "ESPCN trained on 91 images (Shi et al., 'Real-Time Single Image and Video Super-Resolution Using an "
+             "Efficient Sub-Pixel Convolutional Neural Network', CVPR 2016), Set5 x3 PSNR (SSIM not recorded here)",
 }
 PUBLISHED = {
     # (paper, dataset, scale): (PSNR, SSIM)
@@ -48,6 +52,8 @@ PUBLISHED = {
     # (Set14 baseline figures not yet checked against the paper's PDF in this repository: no EDSR weights ship yet.)
     ("edsr-baseline", "Set14", 2): (33.57, 0.9175), ("edsr-baseline", "Set14", 3): (30.28, 0.8415),
     ("edsr-baseline", "Set14", 4): (28.58, 0.7813),
+    ("fsrcnn", "Set5", 2): (37.00, None), ("fsrcnn", "Set5", 3): (33.06, None), ("fsrcnn", "Set5", 4): (30.72, None),
+    ("espcn", "Set5", 3): (32.55, None),
 }
 # Folders under the data root that are training sets, never benchmarks.
 TRAINING_SETS = {"t91", "bsd200", "div2k", "div2k_train", "general100", "train"}
@@ -65,7 +71,7 @@ def paper_of(meta: dict) -> str | None:
     if name == "edsr":
         cfg = meta.get("config", {})
         return "edsr-baseline" if (cfg.get("n_resblocks"), cfg.get("n_feats")) == (16, 64) else None
-    return name if name in ("srcnn", "vdsr") else None
+    return name if name in ("srcnn", "vdsr", "fsrcnn", "espcn") else None
 
 
 def data_root(given=None) -> Path:
@@ -158,7 +164,8 @@ def markdown(rows: list[dict]) -> str:
             if r["model"] == "bicubic":
                 continue
             b, pub = bic[r["scale"]], r["published"]
-            pub_txt = f"{pub['psnr']:.2f} / {pub['ssim']:.4f}" if pub else "-"
+            pub_ssim = "-" if not pub or pub["ssim"] is None else f"{pub['ssim']:.4f}"
+            pub_txt = f"{pub['psnr']:.2f} / {pub_ssim}" if pub else "-"
             gap = f"{r['psnr'] - pub['psnr']:+.2f} dB" if pub else "-"
             lines.append(f"| {r['model']} | x{r['scale']} | {r['psnr']:.2f} / {r['ssim']:.4f} | "
                          f"{b['psnr']:.2f} / {b['ssim']:.4f} | {pub_txt} | {gap} |")
