@@ -258,7 +258,7 @@ class Tensor:
                 raise RuntimeError(f"backward through {op!r} a second time: the graph was freed by the first "
                                    "backward(); run the forward again")
             parent_grads = backward_fn(g)
-            node._ctx = (parents, None, op)  # free what the closure kept alive (im2col columns, masks)
+            node._ctx = (parents, None, op)  # free what only the closure kept (arrays an op made for its backward)
             for p, pg in zip(parents, parent_grads):
                 if pg is None or not p.requires_grad:
                     continue
