@@ -390,6 +390,13 @@ def plot(report: dict, path) -> Path:
         ax.tick_params(axis="x", labelsize=8)
     fig.suptitle(f"PRS x{report['scale']}: {report['data']}, {report['n_test']} test images", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
+    return _save_png(fig, path)
+
+
+def _save_png(fig, path: Path) -> Path:
+    """Write the figure to a temporary name beside ``path``, then rename it (no partial PNG), and close it."""
+    import matplotlib.pyplot as plt
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".png", dir=path.parent)
     os.close(fd)
@@ -421,17 +428,7 @@ def plot_examples(examples: dict, path) -> Path:
             ax.set_yticks([])
         axes[r, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return _save_png(fig, path)
 
 
 def build_parser() -> argparse.ArgumentParser:
