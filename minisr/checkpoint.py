@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from pathlib import Path
 
 import numpy as np
+
+from .atomic import create_beside, fsync_dir
 
 _JSON_VALUES = "_values_as_json"  # meta entry: {"optim/<key>": value} for values that are not arrays (None)
 
@@ -41,7 +42,7 @@ def save(path, model_state: dict, meta: dict, optim_state: dict | None = None) -
     if json_values:
         meta = dict(meta, **{_JSON_VALUES: json_values})
     arrays["meta"] = np.array(json.dumps(meta))
-    fd, tmp = _create_beside(path)
+    fd, tmp = create_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
@@ -52,35 +53,8 @@ def save(path, model_state: dict, meta: dict, optim_state: dict | None = None) -
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)  # ... and the rename itself on disk
+    fsync_dir(path.parent)  # ... and the rename itself on disk
     return path
-
-
-def _create_beside(path: Path):
-    """A new temporary file beside path, opened for writing: (fd, name). Created with mode 0o666, which the
-    kernel reduces by the umask as for any new file (no process-wide os.umask() call, which would race other
-    threads creating files)."""
-    for _ in range(100):
-        tmp = path.parent / f"{path.name}.{secrets.token_hex(4)}.tmp"
-        try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), str(tmp)
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"could not create a temporary file beside {path}")
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Flush a directory entry change (the rename) to disk, where the OS allows it (not on Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def load(path) -> dict:

@@ -28,7 +28,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from tqdm import tqdm
 
 from . import checkpoint, nn, optim
 from . import functional as F
+from .atomic import create_beside
 from .data import ImageReadError, imresize, list_images, read_image, round_uint8
 from .metrics import psnr
 from .random import manual_seed
@@ -398,7 +398,7 @@ def _save_png(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".png", dir=path.parent)
+    fd, tmp = create_beside(path, suffix=".png")
     os.close(fd)
     try:
         fig.savefig(tmp)

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+
+from .atomic import create_beside
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".flv", ".ogv", ".wmv")
 # encoders tried in order for an output extension (the first that this FFmpeg build has wins)
@@ -113,7 +114,7 @@ class _Output:
     def __init__(self, dst: Path, rate: Fraction, width: int, height: int, audio):
         av = _av()
         self.dst = dst
-        fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.stem}.", suffix=".part" + dst.suffix)
+        fd, tmp = create_beside(dst, suffix=".part" + dst.suffix)
         os.close(fd)
         self.tmp = Path(tmp)
         try:
@@ -144,9 +145,6 @@ class _Output:
         self.container = None
 
     def commit(self) -> None:
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(self.tmp, 0o666 & ~mask)  # mkstemp made it private; the result gets the usual permissions
         os.replace(self.tmp, self.dst)
 
     def discard(self) -> None:

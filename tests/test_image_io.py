@@ -1,5 +1,7 @@
 """Reading (formats, modes, bit depths, damaged files) and writing (atomic, never over an input)."""
 
+import os
+import stat
 import warnings
 
 import imageio.v3 as iio
@@ -121,3 +123,16 @@ def test_list_images_filters_and_sorts(tmp_path, rgb):
     (tmp_path / "notes.txt").write_text("hi")
     (tmp_path / "dir.png").mkdir()
     assert [p.name for p in list_images(tmp_path)] == ["a.jpg", "b.png", "c.bmp"]
+
+
+def test_written_images_get_the_permissions_of_any_new_file(tmp_path):
+    """Written under a temporary name and renamed, yet with the user's usual permissions (mkstemp's were 0600)."""
+    mask = os.umask(0o022)
+    try:
+        out = write_image(tmp_path / "a.png", np.zeros((4, 5, 3), np.uint8))
+        plain = tmp_path / "plain"
+        plain.write_bytes(b"")
+        assert stat.S_IMODE(out.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o644
+    finally:
+        os.umask(mask)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "plain"]  # no temporary file left

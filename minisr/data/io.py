@@ -13,11 +13,12 @@ refuses to overwrite an existing file unless asked, and a protected (input) file
 """
 
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
+
+from ..atomic import create_beside
 
 IMAGE_EXTENSIONS = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff")
 
@@ -112,7 +113,7 @@ def write_image(path, img, *, overwrite: bool = False, protect=()) -> Path:
         raise ValueError(f"cannot write {path}: unknown extension (use one of {', '.join(IMAGE_EXTENSIONS)})")
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=suffix)
+    fd, tmp = create_beside(path, suffix=suffix)  # the permissions of any new file, not mkstemp's 0600
     os.close(fd)
     try:
         iio.imwrite(tmp, img, extension=suffix)
