@@ -5,21 +5,14 @@ import shutil
 
 import numpy as np
 import pytest
+import test_train
 from test_train import argv, assert_same_state, read_history, run_main, without_time
 from test_upscale import save_model
 
 from minisr import checkpoint, models, train
-from minisr.data import imresize, write_image
+from minisr.data import write_image
 
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(5)
-    for i, shape in enumerate([(10, 12, 3), (11, 10, 3), (10, 10)]):
-        noise = rng.integers(0, 256, size=shape).astype(np.float64)
-        write_image(folder / f"im{i}.png", np.clip(imresize(noise, 4), 0, 255).astype(np.uint8))
-    return folder
+data = test_train.data  # the same small training set (a module-scoped fixture)
 
 
 @pytest.fixture(scope="module")
