@@ -16,14 +16,16 @@ from .edsr import EDSR
 from .espcn import ESPCN
 from .fsrcnn import FSRCNN
 from .srcnn import SRCNN
+from .srresnet import SRResNet
 from .vdsr import VDSR
 
 MODELS = {"srcnn": SRCNN, "vdsr": VDSR, "edsr": EDSR}
 MODELS.update(fsrcnn=FSRCNN, espcn=ESPCN)  # LR-input Y models (issue 16)
+MODELS.update(srresnet=SRResNet)  # SRGAN's generator (issue 18)
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 __all__ = ["build", "load", "shipped", "MODELS", "SRCNN", "VDSR", "EDSR"]
-__all__ += ["FSRCNN", "ESPCN"]
+__all__ += ["FSRCNN", "ESPCN", "SRResNet"]
 
 
 def build(name: str, **cfg):
