@@ -18,13 +18,18 @@ from .atomic import create_beside, fsync_dir
 _JSON_VALUES = "_values_as_json"  # meta entry: {"optim/<key>": value} for values that are not arrays (None)
 
 
-def save(path, model_state: dict, meta: dict, optim_state: dict | None = None) -> Path:
-    """Atomically write a checkpoint; returns its path."""
+def save(path, model_state: dict, meta: dict, optim_state: dict | None = None, groups: dict | None = None) -> Path:
+    """Atomically write a checkpoint; returns its path. ``groups`` ({name: {key: array}}) adds more state beside the
+    model's (``<name>/<key>``: SRGAN's discriminator and its optimizer), which :func:`load` returns under ``name``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays, json_values = {}, {}
     entries = [(f"model/{k}", v) for k, v in model_state.items()]
     entries += [(f"optim/{k}", v) for k, v in (optim_state or {}).items()]
+    for group, state in (groups or {}).items():
+        if group in ("model", "optim", "meta") or "/" in group:
+            raise ValueError(f"checkpoint.save({str(path)!r}): extra group name {group!r} is reserved or has a '/'")
+        entries += [(f"{group}/{k}", v) for k, v in state.items()]
     for key, v in entries:  # never write what load() (allow_pickle=False) would refuse: no object arrays
         a = np.asarray(v)
         if not a.dtype.hasobject:
@@ -58,7 +63,8 @@ def save(path, model_state: dict, meta: dict, optim_state: dict | None = None) -
 
 
 def load(path) -> dict:
-    """``{"meta": dict, "model": {name: array}, "optim": {key: array}}`` from a checkpoint written by :func:`save`."""
+    """``{"meta": dict, "model": {name: array}, "optim": {key: array}}`` from a checkpoint written by :func:`save`,
+    plus ``{group: {key: array}}`` for the extra groups it was given."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -79,6 +85,8 @@ def load(path) -> dict:
         group, _, name = k.partition("/")
         if group in ("model", "optim"):
             out[group][name] = v
+        elif name:  # an extra group (save's ``groups``)
+            out.setdefault(group, {})[name] = v
     return out
 
 

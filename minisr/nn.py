@@ -108,12 +108,14 @@ class Module:
             if name not in state:
                 continue
             value = np.asarray(state[name]) if not hasattr(state[name], "device") else state[name]
+            if t.ndim == 0 and tuple(value.shape) == (1,):  # a 0-d buffer saved as (1,) by minisr before 2026-12-01
+                value = value.reshape(())
             if tuple(value.shape) != t.shape:
                 raise ValueError(f"load_state_dict: {name} has shape {tuple(value.shape)} in the state, "
                                  f"{t.shape} in the model")
             data = to_device(value.astype(t.dtype, copy=True), t.device)
-            # C order: the optimizer kernels update parameters through flat views
-            t.data = get_array_module(data).ascontiguousarray(data)
+            # C order: the optimizer kernels update parameters through flat views (0-d stays 0-d)
+            t.data = data if data.flags.c_contiguous else get_array_module(data).ascontiguousarray(data)
             t.grad = None
 
     # -------------------------------------------------------------------------------------------------- modes
@@ -137,7 +139,8 @@ class Module:
                 data = data.astype(dtype)
             if device is not None:
                 data = to_device(data, device)
-            t.data = get_array_module(data).ascontiguousarray(data)
+            # (ascontiguousarray alone would turn a 0-d buffer, BatchNorm's num_batches_tracked, into shape (1,))
+            t.data = data if data.flags.c_contiguous else get_array_module(data).ascontiguousarray(data)
             t.grad = None
         return self
 

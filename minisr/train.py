@@ -1,4 +1,5 @@
-"""``python -m minisr.train {srcnn,vdsr,edsr} [options]``: train an SR model with its paper recipe by default.
+"""``python -m minisr.train {srcnn,vdsr,edsr,fsrcnn,espcn,srresnet,srgan} [options]``: train an SR model with its
+paper recipe by default.
 
 With no options ``python -m minisr.train srcnn`` trains SRCNN x3 on the embedded default images (scikit-image's
 photos; no download), validates each epoch, and prints the validation PSNR against bicubic and where it wrote:
@@ -10,6 +11,9 @@ gradients' global norm, so that the validation curve does not collapse; ``best.n
 ``python -m minisr.train --resume RUN/last.npz [--steps N | --epochs N]`` continues a run exactly: the same batches,
 learning rates, optimizer state and per-epoch losses as if it had never stopped. Ctrl-C saves ``last.npz`` and exits
 (code 130); a NaN or infinite loss (or weights) stops with an error (code 3) without overwriting ``last.npz``.
+
+``python -m minisr.train srgan --init srresnet-x4`` fine-tunes a trained SRResNet against a discriminator (SRGAN):
+the same options plus the adversarial ones (``--adv-weight``, ``--d-lr``, ...); its loop is :mod:`minisr.gan`.
 """
 
 from __future__ import annotations
@@ -85,6 +89,13 @@ RECIPES.update(
                   optimizer="adam", lr=1e-4, loss="mse", lr_step=0, lr_gamma=0.1, clip=None, warmup=200,
                   model=dict(n_blocks=16, n_feats=64)),
 )
+# SRGAN (minisr/gan.py): SRResNet fine-tuned against a discriminator, content MSE + 1e-3 x adversarial, Adam 1e-4 for
+# both networks at a constant rate (the paper: 10^5 steps at 1e-4, then 10^5 at 1e-5), no clipping.
+RECIPES.update(
+    srgan=dict(scale=4, scales=None, patch=24, stride=None, patches_per_image=16, batch_size=16, epochs=10,
+               optimizer="adam", lr=1e-4, loss="mse", lr_step=0, lr_gamma=0.1, clip=None, warmup=0,
+               model=dict(n_blocks=16, n_feats=64)),
+)
 #: per model, the parameters (by name prefix) that learn at 0.1 x the learning rate
 SLOW_PARAMS = {"srcnn": "conv3"}
 
@@ -108,6 +119,9 @@ PAPER_RECIPES = {
     "srresnet": dict(data="T91,BSD200", val="Set5", patches_per_image=16, batch_size=16, epochs=60,
                      lr=2e-4, warmup=1000, schedule="cosine", clip_norm=1.0, save_every=100),
 }
+# SRGAN x4 from srresnet-x4 on 291 images: 1e-4, x0.1 halfway (the paper's two phases, 10^5 steps each, cut short).
+PAPER_RECIPES["srgan"] = dict(data="T91,BSD200", val="Set5", patches_per_image=16, batch_size=16, epochs=20,
+                              lr=1e-4, schedule="step", lr_step=10, lr_gamma=0.1, save_every=100)
 RECIPE_NAMES = ("quick", "paper")
 
 
@@ -661,6 +675,11 @@ def _out_dir(cfg: Config) -> Path:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    from . import gan
+
+    if gan.wants(argv):  # srgan, or --resume of an srgan run: two networks, its own loop (minisr/gan.py)
+        return gan.main(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.model is None and not args.resume:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import checkpoint
+from .discriminator import Discriminator
 from .edsr import EDSR
 from .espcn import ESPCN
 from .fsrcnn import FSRCNN
@@ -22,10 +23,14 @@ from .vdsr import VDSR
 MODELS = {"srcnn": SRCNN, "vdsr": VDSR, "edsr": EDSR}
 MODELS.update(fsrcnn=FSRCNN, espcn=ESPCN)  # LR-input Y models (issue 16)
 MODELS.update(srresnet=SRResNet)  # SRGAN's generator (issue 18)
+# SRGAN: "srgan" is the generator trained against the discriminator (SRResNet's architecture; its checkpoints say
+# srgan so that tables tell it from the MSE-trained srresnet), "srgan_discriminator" the discriminator
+MODELS.update(srgan=SRResNet, srgan_discriminator=Discriminator)
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 __all__ = ["build", "load", "shipped", "MODELS", "SRCNN", "VDSR", "EDSR"]
 __all__ += ["FSRCNN", "ESPCN", "SRResNet"]
+__all__ += ["Discriminator"]
 
 
 def build(name: str, **cfg):
