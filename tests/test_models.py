@@ -111,7 +111,7 @@ def test_edsr_rejects_other_scales():
 
 def test_build_unknown_architecture():
     with pytest.raises(KeyError, match="srcnn"):
-        models.build("srgan")
+        models.build("esrgan")  # (srgan is SRGAN's generator since issue 18)
 
 
 # -------------------------------------------------------------------------------------------------- training
