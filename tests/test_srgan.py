@@ -221,6 +221,24 @@ def test_one_adversarial_step_matches_pytorch(backend, rng):
     assert not np.array_equal(before_d["classifier.3.weight"], d.state_dict()["classifier.3.weight"])
 
 
+def test_the_adversarial_step_on_the_gpu_equals_the_cpu_s(cuda, rng):
+    """On a GPU, or on the CUDA emulator (tests/cuda_emu) without one: the same step, the same numbers."""
+    lr_img, hr_img = rng.random((3, 3, 6, 5)), rng.random((3, 3, 12, 10))
+    out = {}
+    for dev in ["cpu", "cuda"]:
+        minisr.manual_seed(3)
+        g = models.build("srresnet", **SMALL_G).double().to(dev)
+        d = models.build("srgan_discriminator", **SMALL_D).double().to(dev)
+        opt_g, opt_d = optim.Adam(g.parameters(), lr=1e-2), optim.Adam(d.parameters(), lr=1e-2)
+        out[dev] = gan.adversarial_step(g, d, opt_g, opt_d, lr_img, hr_img, 0.1, device=dev), g, d
+    for k in ("d_loss", "g_loss", "content", "adv", "real_acc", "fake_acc", "fake_spread"):
+        assert out["cuda"][0][k] == pytest.approx(out["cpu"][0][k], rel=1e-9), k
+    for i, what in [(1, "generator"), (2, "discriminator")]:
+        cpu, gpu = out["cpu"][i].state_dict(), out["cuda"][i].state_dict()
+        for k in cpu:
+            np.testing.assert_allclose(gpu[k], cpu[k], rtol=1e-7, atol=1e-9, err_msg=f"{what} {k}")
+
+
 # ------------------------------------------------------------------------------------------ failure detection
 def stats(**kw):
     s = dict(d_loss=0.7, g_loss=0.1, content=0.1, adv=0.7, real_acc=0.5, fake_acc=0.5, fake_spread=0.2,
