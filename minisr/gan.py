@@ -455,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--d-lr", type=float, help="discriminator learning rate (default: --lr)")
     g.add_argument("--d-feats", type=int, help="discriminator width n: n..8n channels (default 64)")
     g.add_argument("--d-fc", type=int, help="discriminator dense layer width (default 16 x --d-feats = 1024)")
-    g.add_argument("--crops-every", type=int, help="write crops/step_N.png every this many steps (0: never)")
+    g.add_argument("--crops-every", type=int, help="write crops/step_N.png every this many steps (500; 0: never)")
     g.add_argument("--fail-window", type=int, help="steps a failure condition must hold to be reported (100)")
     g.add_argument("--d-win-loss", type=float, help="discriminator loss below which it 'wins' (0.05)")
     g.add_argument("--collapse-ratio", type=float, help="generated / target batch spread below which the outputs "
