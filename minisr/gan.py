@@ -323,8 +323,8 @@ class GANTrainer(T.Trainer):
                         title=f"SRGAN x{self.cfg.scale} (adversarial weight {self.cfg.adv_weight:g})")
 
     def samples(self, n: int = 4, size: int = 32):
-        """Fixed validation crops ``[(name, lr_uint8, hr_uint8)]``: the centre ``size`` x ``size`` LR crop of the
-        first ``n`` validation images."""
+        """Fixed validation crops ``[(name, lr, hr, y, x, c)]``: the first ``n`` validation images (uint8) and the
+        centre ``c`` x ``c`` LR crop of each (c = ``size`` or less), at (y, x) in LR pixels."""
         if self._samples is None:
             from .data import as_benchmark, load_benchmark
 
@@ -335,24 +335,28 @@ class GANTrainer(T.Trainer):
             for name, hr, lr in items[:n]:
                 h, w = lr.shape[:2]
                 c = min(size, h, w)
-                y0, x0 = (h - c) // 2, (w - c) // 2
-                out.append((name, lr[y0:y0 + c, x0:x0 + c], hr[y0 * s:(y0 + c) * s, x0 * s:(x0 + c) * s]))
+                out.append((name, lr, hr, (h - c) // 2, (w - c) // 2, c))
             self._samples = out
         return self._samples
 
     def write_crops(self, step: int) -> Path:
-        """``crops/step_NNNNNN.png``: per validation crop, LR (nearest), bicubic, the generator, HR."""
-        from .data import imresize
-        from .upscalers import Upscaler
+        """``crops/step_NNNNNN.png``: per validation crop, LR (nearest), bicubic, the generator, HR. Each upscaler
+        sees the crop with its receptive field of context around it, so the crop is what the whole image gives."""
+        from .crops import crop_sr
+        from .upscalers import Upscaler, bicubic_upscaler, receptive_radius
 
-        meta = dict(model=self.cfg.model, scale=self.cfg.scale, scales=self.cfg.train_scales)
+        s = self.cfg.scale
+        meta = dict(model=self.cfg.model, scale=s, scales=self.cfg.train_scales)
         self.model.eval()
         try:
-            up = Upscaler(self.model, meta, self.cfg.scale, device=self.cfg.device)
-            rows = [(name, lr, imresize(lr, self.cfg.scale), up(lr), hr) for name, lr, hr in self.samples()]
+            up = Upscaler(self.model, meta, s, device=self.cfg.device)
+            context = receptive_radius(self.model) + 1
+            rows = [(name, lr[y:y + c, x:x + c], crop_sr(bicubic_upscaler(s), lr, s, y * s, x * s, c * s, 4),
+                     crop_sr(up, lr, s, y * s, x * s, c * s, context), hr[y * s:(y + c) * s, x * s:(x + c) * s])
+                    for name, lr, hr, y, x, c in self.samples()]
         finally:
             self.model.train()
-        return plot_crops(rows, self.out / "crops" / f"step_{step:06d}.png", f"SRGAN x{self.cfg.scale}, step {step}")
+        return plot_crops(rows, self.out / "crops" / f"step_{step:06d}.png", f"SRGAN x{s}, step {step}")
 
 
 def _save_png(fig, path: Path) -> Path:
