@@ -45,6 +45,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from . import backends, checkpoint, models
 from . import functional as F
@@ -201,7 +202,6 @@ class GANTrainer(T.Trainer):
         self.epoch_stats: dict[str, list] = {k: [] for k in STAT_KEYS}
         self.epoch_alerts: list[str] = []
         self.failure: str | None = None
-        self.log = print
         self._samples = None
         if resume is not None:
             self._restore(resume)
@@ -273,7 +273,7 @@ class GANTrainer(T.Trainer):
             self.epoch_stats[k].append(s[k])
         for kind, msg in self.detector.update(s, step):
             self.epoch_alerts.append(f"{kind}@{step}")
-            print(f"\nwarning: step {step}: {msg}", file=sys.stderr)
+            tqdm.write(f"warning: step {step}: {msg}", file=sys.stderr)
             if cfg.stop_on_failure:
                 self.failure = msg
                 return float("nan")

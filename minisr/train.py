@@ -683,7 +683,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.model is None and not args.resume:
-        parser.error("the model (srcnn, vdsr or edsr) is required, unless you --resume a run")
+        parser.error(f"the model ({', '.join(sorted(RECIPES))}) is required, unless you --resume a run")
     try:
         resume = None
         if args.resume:
