@@ -260,6 +260,29 @@ def test_failure_detector_reports_each_episode_once():
     assert restored.runs == det.runs
 
 
+def test_a_stuck_generator_and_a_fast_discriminator_trigger_both_alerts(rng):
+    """For real: a generator that outputs one image whatever its input (its last layer zeroed, a learning rate of
+    1e-12) collapses from the first step, and a discriminator at lr 3e-2 learns to tell its output from the real
+    images, until it wins."""
+    minisr.manual_seed(7)
+    g, d = models.build("srresnet", scale=4, n_blocks=1, n_feats=4), models.build("srgan_discriminator", **SMALL_D)
+    g.tail.weight.data[...] = 0
+    opt_g, opt_d = optim.Adam(g.parameters(), lr=1e-12), optim.Adam(d.parameters(), lr=3e-2)
+    det = gan.FailureDetector(window=5)
+    lr_img, hr_img = rng.random((4, 3, 6, 6)).astype(np.float32), rng.random((4, 3, 24, 24)).astype(np.float32)
+    seen, losses = {}, []
+    for step in range(1, 151):
+        s = gan.adversarial_step(g, d, opt_g, opt_d, lr_img, hr_img)
+        losses.append(s["d_loss"])
+        for kind, _ in det.update(s, step):
+            seen.setdefault(kind, step)
+        if "d_wins" in seen:
+            break
+    assert seen.get("collapse") == 5
+    assert "d_wins" in seen, f"the discriminator's loss went {losses[0]:.3f} -> {min(losses):.3f} in 150 steps"
+    assert all(v < 0.05 for v in losses[-5:]) and losses[0] > 1.0
+
+
 # ------------------------------------------------------------------------------------------- the CLI end to end
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
