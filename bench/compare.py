@@ -90,7 +90,7 @@ Reading the numbers: any other busy process changes the results (either way) by 
 otherwise idle machine (the script prints the load average before and after; check that the sgemm rows are
 steady), or compare with ``--threads 1``. NumPy's multi-threaded sgemm alone was seen going from 16 ms to 370 ms
 under such load; minisr's conv GEMMs therefore run image by image (or band by band) on single-threaded BLAS
-calls (minisr/backends/numba_backend.py).
+calls (minisr/backends/numba/conv_im2col.py).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Every op in :mod:`minisr.functional` is written once, against a *backend handle*
 of them:
 
 * ``numpy``  -- :mod:`minisr.backends.numpy_backend`, the readable reference (what a student reads);
-* ``numba``  -- :mod:`minisr.backends.numba_backend`, the same signatures as parallel Numba loops (CPU
+* ``numba``  -- :mod:`minisr.backends.numba`, the same signatures as parallel Numba loops (CPU
   default);
 * ``cupy``   -- the GPU kernels (CUDA C in the top-level ``kernels/``), chosen automatically for CuPy arrays.
 
@@ -42,7 +42,7 @@ KERNELS = (
 
 _MODULES = {
     "numpy": "minisr.backends.numpy_backend",
-    "numba": "minisr.backends.numba_backend",
+    "numba": "minisr.backends.numba",
     "cupy": "minisr.backends.cupy_backend",
 }
 CPU_BACKENDS = ("numpy", "numba")
