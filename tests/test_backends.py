@@ -55,6 +55,9 @@ def _conv_args(kernel, case, rng, dt):
         "conv_input_grad": lambda: (r(OUT_CH, K), r(N, OUT_CH, P), (N, C, H, W), kh, kw, sh, sw, ph, pw),
         "bias_add": lambda: (r(N, OUT_CH, Ho, Wo), r(OUT_CH)),
         "bias_grad": lambda: (r(N, OUT_CH, Ho, Wo),),
+        "conv_fused_forward": lambda: (r(N, C, H, W), r(OUT_CH, K), r(OUT_CH), True, kh, kw, sh, sw, ph, pw),
+        "conv_fused_backward": lambda: (r(N, OUT_CH, P), np.maximum(r(N, OUT_CH, P), 0), r(N, C, H, W), r(OUT_CH, K),
+                                        kh, kw, sh, sw, ph, pw, True, True, True),
     }[kernel]()
 
 
@@ -149,6 +152,7 @@ def _cases():
     out = []
     conv_kernels = ["im2col", "col2im", "conv_forward", "conv_weight_grad", "conv_input_grad",
                     "bias_add", "bias_grad"]
+    conv_kernels += ["conv_fused_forward", "conv_fused_backward"]
     for k in conv_kernels:
         for ci, case in enumerate(CONV):
             out.append((k, f"conv{ci}", lambda rng, dt, k=k, case=case: _conv_args(k, case, rng, dt),

@@ -38,6 +38,7 @@ KERNELS = (
     "sgd_update", "adam_update",
     "maxpool2d_argmax", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward",
     "prelu_forward", "prelu_backward", "tanh_forward", "tanh_backward", "sigmoid_forward", "sigmoid_backward",
+    "conv_fused_forward", "conv_fused_backward",
 )
 
 _MODULES = {

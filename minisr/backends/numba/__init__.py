@@ -39,7 +39,7 @@ from .activations import (
     tanh_forward,
 )
 from .bias import bias_add, bias_grad
-from .conv import conv_forward, conv_input_grad, conv_weight_grad
+from .conv import conv_forward, conv_fused_backward, conv_fused_forward, conv_input_grad, conv_weight_grad
 from .conv_im2col import col2im, im2col
 from .losses import l1_backward, l1_forward, mse_backward, mse_forward
 from .optim import adam_update, sgd_update
@@ -59,6 +59,7 @@ __all__ = [
     "sgd_update", "adam_update",
     "maxpool2d_argmax", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward",
     "prelu_forward", "prelu_backward", "tanh_forward", "tanh_backward", "sigmoid_forward", "sigmoid_backward",
+    "conv_fused_forward", "conv_fused_backward",
 ]
 
 fork.register(globals())

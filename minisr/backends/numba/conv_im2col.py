@@ -125,17 +125,33 @@ def _bands(N, Ho, row_bytes, whole_images=False):
 
 
 
-def _conv_forward_cols(x, w2, kh, kw, sh, sw, ph, pw):
-    """conv_forward by bands: each band's columns, then one GEMM w2 @ cols into its output rows."""
+@njit(nogil=True, cache=True)
+def _bias_relu_band(out, b, relu):
+    # in place on one band's outputs (O x positions, a strided view): + b[o], then max(., 0) when relu (a NaN
+    # passes, as in relu_forward)
+    for o in range(out.shape[0]):
+        bo = b[o]
+        for p in range(out.shape[1]):
+            v = out[o, p] + bo
+            out[o, p] = 0 if relu and v <= 0 else v
+
+
+def _conv_forward_cols(x, w2, kh, kw, sh, sw, ph, pw, b=None, relu=False):
+    """conv_forward by bands: each band's columns, then one GEMM w2 @ cols into its output rows; with b (O,)
+    and/or relu, + b[o] and max(., 0) on the band's outputs while they are in cache (fused)."""
     N, C, H, W = x.shape
     (O, K), Ho, Wo = w2.shape, out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
     out = _empty((N, O, Ho * Wo), x.dtype)
+    epilogue = b is not None or relu
+    bias = np.zeros(O, x.dtype) if b is None else np.ascontiguousarray(b, dtype=x.dtype)
 
     def work(t, share):
         for n, i0, i1 in share:
             cols = _scratch(t, "cols", (K, (i1 - i0) * Wo), x.dtype)
             _im2col_image(x[n], kh, kw, sh, sw, ph, pw, i0, i1, Wo, cols)
             np.matmul(w2, cols, out=out[n, :, i0 * Wo:i1 * Wo])  # (a strided view: BLAS writes it directly)
+            if epilogue:
+                _bias_relu_band(out[n, :, i0 * Wo:i1 * Wo], bias, relu)
 
     _run(_bands(N, Ho, K * Wo * x.itemsize), work)
     return out

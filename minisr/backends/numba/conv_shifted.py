@@ -15,6 +15,11 @@ registers); the input gradient is the same kernel with w transposed and mirrored
 dot-product GEMM of g against the shifted rows of y (shifted_kernel.gemm_nt). Each worker thread builds a run's
 padded input (and gradient) in its own scratch (~1 MB, in cache for the kernels) -- nothing grid-sized is ever
 allocated. Runs hold at most _RUN_COLS positions.
+
+Fused epilogues (conv_fused_forward / conv_fused_backward, :mod:`.conv`): the bias add and the ReLU happen as
+the forward copies its valid outputs out of a run (``_extract_rows_epilogue``), the bias gradient is summed from
+the run's g on the grid that the weight gradient builds anyway, and ReLU's mask is applied as g is copied onto
+the grid (``_window_masked``), by the weight gradient and by the input gradient.
 """
 
 from __future__ import annotations
@@ -63,6 +68,58 @@ def _window(x, top, left, Hp, Wp, q0, out):
 
 
 @njit(nogil=True, cache=True)
+def _window_masked(x, y, Hp, Wp, q0, out):
+    # _window(x, 0, 0, Hp, Wp, q0, out) keeping x only where y > 0 (0 elsewhere, as relu_backward): the output
+    # gradient of a conv followed by a ReLU, masked as it is copied onto the grid
+    N, C, H, W = x.shape
+    L, length = Hp * Wp, out.shape[1]
+    k = 0
+    while k < length:
+        q = q0 + k
+        n, rem = q // L, q % L
+        h, s = rem // Wp, rem % Wp
+        seg = min(Wp - s, length - k)  # to the end of this grid row
+        hi = 0  # the part [0, hi) of the segment inside the image
+        if 0 <= n < N and 0 <= h < H:
+            hi = max(0, min(seg, W - s))
+        for c in range(C):
+            for j in range(hi):
+                out[c, k + j] = x[n, c, h, s + j] if y[n, c, h, s + j] > 0 else 0
+            out[c, k + hi:k + seg] = 0
+        k += seg
+
+
+@njit(nogil=True, cache=True, fastmath={"reassoc"})  # (reassociation lets LLVM vectorise the sums)
+def _add_row_sums(a, out):
+    # out[o] += sum_k a[o, k], summed in float64 (as bias_grad)
+    for o in range(a.shape[0]):
+        acc = 0.0
+        for k in range(a.shape[1]):
+            acc += a[o, k]
+        out[o] += acc
+
+
+@njit(nogil=True, cache=True)
+def _extract_rows_epilogue(part, r0, r1, Hp, Wp, b, relu, out):
+    # _extract_rows(part, r0, r1, Hp, Wp, 0, 0, out) with b[c] added and, when relu, max(., 0) (a NaN passes, as
+    # in relu_forward): the bias add and the ReLU in the forward's output pass
+    N, C, H, W = out.shape
+    for r in range(r0, r1):
+        n, h = r // Hp, r % Hp
+        if h < H:
+            base = (r - r0) * Wp
+            for c in range(C):
+                bc = b[c]
+                if relu:
+                    for w in range(W):
+                        v = part[c, base + w] + bc
+                        out[n, c, h, w] = 0 if v <= 0 else v
+                else:
+                    for w in range(W):
+                        out[n, c, h, w] = part[c, base + w] + bc
+
+
+@njit(nogil=True, cache=True)
 def _extract_rows(part, r0, r1, Hp, Wp, top, left, out):
     # out[n, c, h, w] = part[c, (r - r0)*Wp + w + left] for the grid rows r = n*Hp + h + top in [r0, r1)
     N, C, H, W = out.shape
@@ -96,7 +153,8 @@ class _Grid:
         return [(total * k // runs, total * (k + 1) // runs) for k in range(runs)]
 
 
-def _conv_forward_shifted(x, w2, kh, kw, ph, pw):
+def _conv_forward_shifted(x, w2, kh, kw, ph, pw, b=None, relu=False):
+    """conv_forward; with b (O,) and/or relu, + b[o] and max(., 0) as the outputs are copied out (fused)."""
     G = _Grid(x.shape, kh, kw, ph, pw)
     O, C = w2.shape[0], G.C
     MB, TILE = shifted_kernel.block_shape(x.dtype)
@@ -104,6 +162,8 @@ def _conv_forward_shifted(x, w2, kh, kw, ph, pw):
     offsets = np.array(G.offsets, np.int64)
     out = _empty((G.N, O, G.Ho * G.Wo), x.dtype)
     out4 = out.reshape(G.N, O, G.Ho, G.Wo)
+    epilogue = b is not None or relu
+    bias = np.zeros(O, x.dtype) if b is None else np.ascontiguousarray(b, dtype=x.dtype)
 
     def work(t, share):
         for r0, r1 in share:  # the run's padded input, its outputs, then the valid ones into out
@@ -112,13 +172,18 @@ def _conv_forward_shifted(x, w2, kh, kw, ph, pw):
             _window(x, ph, pw, G.Hp, G.Wp, q0, y)
             part = _scratch(t, "out", (O, tiles * TILE), x.dtype)
             shifted_kernel.shifted_gemm(taps, y, offsets, part, tiles)  # part[:, q] = sum_k w_k @ y[:, q + offset_k]
-            _extract_rows(part, r0, r1, G.Hp, G.Wp, 0, 0, out4)
+            if epilogue:
+                _extract_rows_epilogue(part, r0, r1, G.Hp, G.Wp, bias, relu, out4)
+            else:
+                _extract_rows(part, r0, r1, G.Hp, G.Wp, 0, 0, out4)
 
     _run(G.row_runs(), work, blas=False)  # (our kernels: no BLAS calls)
     return out
 
 
-def _conv_weight_grad_shifted(g, x, kh, kw, ph, pw):
+def _conv_weight_grad_shifted(g, x, kh, kw, ph, pw, y=None, bias=False):
+    """(dw2, db): the weight gradient, and with bias the bias gradient summed from the same copies of g (else
+    None); with y (N, O, Ho*Wo), g masked by y > 0 as it is copied (ReLU's backward, fused)."""
     # dw[o, c, u, v] = sum_q g[o, q] * y[c, q + offset(u, v)] over the grid positions q of every run: per run
     # ONE dot-product GEMM, g on the grid (O x positions) against the C * kh * kw rows of y starting at
     # c * (row length) + offset(u, v) -- which come out in w's own (O, C, kh, kw) order.
@@ -126,27 +191,35 @@ def _conv_weight_grad_shifted(g, x, kh, kw, ph, pw):
     O, C = g.shape[1], G.C
     VW = shifted_kernel.dot_shape(x.dtype)[2]
     g4 = _c(g).reshape(G.N, O, G.Ho, G.Wo)
+    y4 = None if y is None else _c(y).reshape(G.N, O, G.Ho, G.Wo)
     offsets = np.array(G.offsets, np.int64)
-    parts = {}
+    parts, db_parts = {}, {}
 
     def work(t, share):
         acc = parts[t] = np.zeros((O, C * kh * kw), x.dtype)
+        db = db_parts[t] = np.zeros(O, np.float64) if bias else None
         for r0, r1 in share:
             q0, cnt = r0 * G.Wp, (r1 - r0) * G.Wp
             span = -(-cnt // VW) * VW  # whole vectors: g is 0 past the run
             y = _scratch(t, "y", (C, span + G.slack), x.dtype)
             _window(x, ph, pw, G.Hp, G.Wp, q0, y)
             gr = _scratch(t, "g", (O, span), x.dtype)
-            _window(g4, 0, 0, G.Hp, G.Wp, q0, gr)  # g on the grid, 0 at junk positions
+            if y4 is None:
+                _window(g4, 0, 0, G.Hp, G.Wp, q0, gr)  # g on the grid, 0 at junk positions
+            else:
+                _window_masked(g4, y4, G.Hp, G.Wp, q0, gr)  # the same, times [y > 0]
             gr[:, cnt:] = 0
+            if bias:
+                _add_row_sums(gr, db)
             rows = (np.arange(C)[:, None] * y.shape[1] + offsets).reshape(-1)
             shifted_kernel.gemm_nt(gr, y.reshape(-1), rows, acc)
 
     _run(G.row_runs(), work, blas=False)  # (our kernels: no BLAS calls)
-    return _sum_parts(parts)
+    return _sum_parts(parts), (_sum_parts(db_parts).astype(x.dtype) if bias else None)
 
 
-def _conv_input_grad_shifted(w2, g, x_shape, kh, kw, ph, pw):
+def _conv_input_grad_shifted(w2, g, x_shape, kh, kw, ph, pw, y=None):
+    """conv_input_grad; with y (N, O, Ho*Wo), g masked by y > 0 as it is copied (ReLU's backward, fused)."""
     # The forward's adjoint, as a gather: position q of the padded input's gradient collects
     #     dy[:, q] = sum_k w_k^T @ g[:, q - offset_k]
     # so each run of grid rows reads g from `slack` positions before its start (0 before the first image).
@@ -156,13 +229,17 @@ def _conv_input_grad_shifted(w2, g, x_shape, kh, kw, ph, pw):
     taps = shifted_kernel.pack(w2.reshape(O, C, kh * kw).transpose(2, 1, 0), MB)  # w[:, :, u, v]^T per shift
     offsets = np.array([G.slack - off for off in G.offsets], np.int64)
     g4 = _c(g).reshape(G.N, O, G.Ho, G.Wo)
+    y4 = None if y is None else _c(y).reshape(G.N, O, G.Ho, G.Wo)
     dx = _empty(x_shape, g.dtype)
 
     def work(t, share):
         for r0, r1 in share:
             q0, tiles = r0 * G.Wp, -(-(r1 - r0) * G.Wp // TILE)
             gr = _scratch(t, "g", (O, G.slack + tiles * TILE), g.dtype)
-            _window(g4, 0, 0, G.Hp, G.Wp, q0 - G.slack, gr)  # g on the grid, 0 at junk positions
+            if y4 is None:
+                _window(g4, 0, 0, G.Hp, G.Wp, q0 - G.slack, gr)  # g on the grid, 0 at junk positions
+            else:
+                _window_masked(g4, y4, G.Hp, G.Wp, q0 - G.slack, gr)  # the same, times [y > 0]
             dy = _scratch(t, "dy", (C, tiles * TILE), g.dtype)
             shifted_kernel.shifted_gemm(taps, gr, offsets, dy, tiles)
             _extract_rows(dy, r0, r1, G.Hp, G.Wp, ph, pw, dx)
