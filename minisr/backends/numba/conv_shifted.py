@@ -83,8 +83,10 @@ def _window_masked(x, y, Hp, Wp, q0, out):
         if 0 <= n < N and 0 <= h < H:
             hi = max(0, min(seg, W - s))
         for c in range(C):
-            for j in range(hi):
-                out[c, k + j] = x[n, c, h, s + j] if y[n, c, h, s + j] > 0 else 0
+            if hi > 0:  # (1-D views, a loop from 0: LLVM vectorises it; with 4-D indexing +10 ms per VDSR layer)
+                src, keep, dst = x[n, c, h, s:s + hi], y[n, c, h, s:s + hi], out[c, k:k + hi]
+                for j in range(hi):
+                    dst[j] = src[j] if keep[j] > 0 else 0
             out[c, k + hi:k + seg] = 0
         k += seg
 
