@@ -37,8 +37,10 @@ def main(argv=None):
     ap.add_argument("--step-repeats", type=int, default=5)
     ap.add_argument("--steps", default="train-srcnn,train-vdsr,train-edsr", help="model case ids ('' for none)")
     ap.add_argument("--layers", default="conv-vdsr,conv-edsr", help="layer case ids ('' for none)")
+    ap.add_argument("--threads", type=int, default=1, help="Numba (and BLAS) threads: 1 as above, or more (then "
+                    "set NUMBA_NUM_THREADS too; process time then sums the threads' CPU time)")
     args = ap.parse_args(argv)
-    C.init(1, "numba", torch=False)
+    C.init(args.threads, "numba", torch=False)
     import minisr
     import minisr.functional as F
     from minisr import nn
@@ -75,7 +77,7 @@ def main(argv=None):
             xs, ys = C.model_arrays(c, np.float32)
             step = C.minisr_step(c, C.minisr_model(c, np.float32), xs, ys)
             todo.append((c.label, "step", lambda fused, step=step: step(), args.step_repeats))
-    print(f"load average {os.getloadavg()[0]:.2f}; 1 Numba thread, CPU time of the process")
+    print(f"load average {os.getloadavg()[0]:.2f}; {args.threads} Numba thread(s), CPU time of the process")
     print("| case | pass | separate ms (min / median) | fused ms (min / median) | ratio of minima "
           "| ratio of medians | wall ratio of medians |")
     print("|---|---|---:|---:|---:|---:|---:|")
