@@ -683,20 +683,30 @@ def plot(result, path) -> None:
     labels = [f"{r['case']}\n{r['pass']}" for r in rows]
     time_r = [r["ratio"] for r in rows]
     mem_r = [(r.get("memory") or {}).get("ratio") for r in rows]
+    jax_r = [r.get("jax_ratio") for r in rows]
     xs = range(len(rows))
-    width = 0.4 if any(v is not None for v in mem_r) else 0.6
+    if any(v is not None for v in jax_r):  # three bars: time vs PyTorch, time vs JAX, memory vs PyTorch
+        width = 0.28
+        ax_bars = [("time / PyTorch", time_r, -width, "tab:blue"), ("time / JAX", jax_r, 0.0, "tab:green"),
+                          ("peak memory / PyTorch", mem_r, width, "tab:orange")]
+    else:
+        width = 0.4 if any(v is not None for v in mem_r) else 0.6
+        ax_bars = [("time", time_r, -width / 2 if width < 0.5 else 0.0, "tab:blue")]
+        if width < 0.5:
+            ax_bars.append(("peak memory", mem_r, width / 2, "tab:orange"))
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(rows) + 2), 4.8))
-    bars = ax.bar([x - width / 2 if width < 0.5 else x for x in xs], time_r, width, label="time", color="tab:blue")
-    ax.bar_label(bars, fmt="%.2f", fontsize=8)
-    if width < 0.5:
-        xm = [x + width / 2 for x, v in zip(xs, mem_r) if v is not None]
-        bars = ax.bar(xm, [v for v in mem_r if v is not None], width, label="peak memory", color="tab:orange")
-        ax.bar_label(bars, fmt="%.2f", fontsize=8)
+    for label, values, dx, color in ax_bars:
+        pts = [(x + dx, v) for x, v in zip(xs, values) if v is not None]
+        if pts:
+            bars = ax.bar([p[0] for p in pts], [p[1] for p in pts], width, label=label, color=color)
+            ax.bar_label(bars, fmt="%.2f", fontsize=7)
     ax.axhline(1.0, color="black", linewidth=1, linestyle="--")
     ax.set_xticks(list(xs), labels, fontsize=8, rotation=30, ha="right")
-    ax.set_ylabel("minisr / PyTorch (lower is better)")
+    ax.set_ylabel("minisr / other library (lower is better)" if any(v is not None for v in jax_r)
+                  else "minisr / PyTorch (lower is better)")
     m, s = result["meta"]["machine"], result["meta"]["settings"]
-    ax.set_title(f"minisr ({s['backend']}) / PyTorch, {s['threads']} threads, {m['cpu']}"
+    ax.set_title(f"minisr ({s['backend']}) / PyTorch{' and JAX' if any(v is not None for v in jax_r) else ''}, "
+                 f"{s['threads']} threads, {m['cpu']}"
                  + (" [tiny]" if s["tiny"] else ""), fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
