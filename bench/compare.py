@@ -79,6 +79,12 @@ top of the weights, the optimizer state and the batch: activations, gradients, w
 If the reset is refused, the peak also covers everything before the baseline and the JSON says
 ``hwm_reset: false``.
 
+JAX, where it is importable (``pip install jax``; optional, in no extra): a third column in the separate-process
+mode, "jax ms" and "minisr/jax" (the same cases jitted on XLA's CPU backend, bench/_jax.py; a third child per
+round, the order of the three rotated round by round; its threads bound to ``--threads`` CPUs). The model cases
+check once that JAX, given minisr's weights, computes minisr's output (``jax_check`` in the JSON). ``--no-jax``
+leaves it out; ``--same-process`` never has it.
+
 Outputs: the table on screen, ``--json`` (default bench/results/compare.json, with machine details and all
 repetition times), ``--plot`` (default bench/results/compare.png: the ratios minisr / PyTorch per case, time
 and memory, with a line at 1.0) and ``--markdown FILE`` (appends a dated section: bench/RESULTS.md). An empty
@@ -90,7 +96,7 @@ Reading the numbers: any other busy process changes the results (either way) by 
 otherwise idle machine (the script prints the load average before and after; check that the sgemm rows are
 steady), or compare with ``--threads 1``. NumPy's multi-threaded sgemm alone was seen going from 16 ms to 370 ms
 under such load; minisr's conv GEMMs therefore run image by image (or band by band) on single-threaded BLAS
-calls (minisr/backends/numba_backend.py).
+calls (minisr/backends/numba/conv_im2col.py).
 """
 
 from __future__ import annotations
@@ -148,6 +154,7 @@ def parse_args(argv=None):
                          "(default 3)")
     ap.add_argument("--memory-child", nargs=2, metavar=("CASE", "LIB"), help=argparse.SUPPRESS)
     ap.add_argument("--time-child", nargs=2, metavar=("CASE", "LIB"), help=argparse.SUPPRESS)
+    ap.add_argument("--no-jax", action="store_true", help="no JAX column even where JAX is importable")
     args = ap.parse_args(argv)
     quick = dict(repeats=2, warmup=0, pause=0.0, infer_repeats=1, memory_steps=1, rounds=1)
     normal = dict(repeats=10 if args.same_process else 5, warmup=2, pause=0.2, infer_repeats=3, memory_steps=3,
@@ -260,12 +267,31 @@ def model_callables(case, args, C):
     else:
         check = C.models_agree(case, mmodel, tmodel, x[:2].copy(), y[:2].copy())
     flop_fwd, flop_all = C.model_flops(case, tmodel)
+    jax_check = _jax_check(case, mmodel, x) if getattr(args, "jax", False) else None
     p = "step" if case.mode == "train" else "fwd"
     fns = {("minisr", p): C.minisr_step(case, mmodel, x, y), ("torch", p): C.torch_step(case, tmodel, x, y)}
     info = dict(model=case.model, config=case.cfg, batch=case.batch, input=case.size, output=case.target,
                 loss=case.loss if case.mode == "train" else None, check=check,
                 parameters=int(mmodel.num_parameters()))
+    if jax_check is not None:
+        info["jax_check"] = jax_check
     return fns, {p: flop_all if case.mode == "train" else flop_fwd}, info
+
+
+def _jax_check(case, mmodel, x) -> dict:
+    """{"output": relative error} of JAX's forward (bench/_jax.py) with minisr's weights against minisr's, on
+    two images / a 48x48 crop."""
+    import _jax as J
+    import numpy as np
+
+    import minisr
+
+    x = np.ascontiguousarray(x[:, :, :48, :48] if case.mode == "infer" else x[:2])
+    with minisr.no_grad():
+        m_out = mmodel(minisr.Tensor(x)).data
+    params = {k: np.asarray(v) for k, v in mmodel.state_dict().items() if k in J.param_shapes(case)}
+    j_out = np.asarray(J.forward(case)(params, x))
+    return {"output": float(np.abs(m_out - j_out).max() / max(np.abs(j_out).max(), 1e-30))}
 
 
 def case_callables(kind, spec, args, C):
@@ -289,6 +315,11 @@ def _rows(cid, name, kind, flops, info, times, rounds=None):
             m_med, t_med = _median(rounds[("minisr", p)]), _median(rounds[("torch", p)])
             extra = dict(minisr_round_ms=[t * 1e3 for t in rounds[("minisr", p)]],
                          torch_round_ms=[t * 1e3 for t in rounds[("torch", p)]])
+        if rounds is not None and ("jax", p) in rounds:  # the JAX column (separate processes only)
+            j_med = _median(rounds[("jax", p)])
+            extra.update(jax_ms=j_med * 1e3, jax_ratio=m_med / j_med, jax_gflops=flop / j_med / 1e9,
+                         jax_times_ms=[t * 1e3 for t in times[("jax", p)]],
+                         jax_round_ms=[t * 1e3 for t in rounds[("jax", p)]])
         rows.append(dict(
             id=cid, case=name, kind=kind, **{"pass": p}, minisr_ms=m_med * 1e3, torch_ms=t_med * 1e3,
             ratio=m_med / t_med, flop=flop, minisr_gflops=flop / m_med / 1e9, torch_gflops=flop / t_med / 1e9,
@@ -307,6 +338,18 @@ def run_case(cid, name, kind, spec, args, C):
 
 # ---------------------------------------------------------------------------------- separate processes
 LIBS = ("minisr", "torch")
+ALL_LIBS = LIBS + ("jax",)
+
+
+def libs(args) -> tuple:
+    """The libraries timed: minisr and PyTorch, and JAX where it is importable (separate processes only)."""
+    return LIBS + (("jax",) if getattr(args, "jax", False) else ())
+
+
+def jax_wanted(args) -> bool:
+    import _jax as J
+
+    return not args.no_jax and not args.same_process and J.available()
 
 
 def find_case(cid, args, C):
@@ -330,6 +373,15 @@ def lib_callables(kind, spec, args, C, lib):
     import numpy as np
 
     dt = np.dtype(args.dtype)
+    if lib == "jax":
+        import _jax as J
+
+        if kind == "sgemm":
+            return {"gemm": J.sgemm(spec, dt)}
+        if kind == "conv":
+            fwd, fwd_bwd = J.conv(spec, *C.conv_arrays(spec, dt))
+            return {"fwd": fwd, "fwd+bwd": fwd_bwd}
+        return {"step" if kind == "train" else "fwd": J.step(spec, *C.model_arrays(spec, dt))}
     if kind == "sgemm":
         return {p: fn for (_, p), fn in sgemm_callables(spec, args, libs=(lib,))[0].items()}
     if kind == "conv":
@@ -346,8 +398,12 @@ def lib_callables(kind, spec, args, C, lib):
 def time_child(cid, lib, args, C):
     """Runs in its own process, with only ``lib`` imported: --warmup untimed then --repeats timed calls of each
     pass of case ``cid`` (inference: at most 1 and --infer-repeats), back to back; prints one JSON line."""
-    if lib not in LIBS:
-        raise SystemExit(f"--time-child: LIB must be minisr or torch, not {lib!r}")
+    if lib not in ALL_LIBS:
+        raise SystemExit(f"--time-child: LIB must be minisr, torch or jax, not {lib!r}")
+    if lib == "jax":
+        import _jax as J
+
+        J.limit_threads(args.threads)
     C.init(args.threads, args.backend, torch=lib == "torch", minisr=lib == "minisr")
     name, kind, spec = find_case(cid, args, C)
     fns = lib_callables(kind, spec, args, C, lib)
@@ -388,10 +444,11 @@ def run_case_separate(cid, name, kind, spec, args, C):
     fns, flops, info = case_callables(kind, spec, args, C)
     del fns
     gc.collect()
-    times = {(lib, p): [] for lib in LIBS for p in flops}
-    rounds = {(lib, p): [] for lib in LIBS for p in flops}
+    order = libs(args)
+    times = {(lib, p): [] for lib in order for p in flops}
+    rounds = {(lib, p): [] for lib in order for p in flops}
     for r in range(args.rounds):
-        for lib in (LIBS if r % 2 == 0 else LIBS[::-1]):
+        for lib in (order if r % 2 == 0 else order[::-1]):
             for p, ts in run_child(cid, lib, args).items():
                 times[(lib, p)] += ts
                 rounds[(lib, p)].append(_median(ts))
@@ -500,19 +557,28 @@ COLUMNS = [  # (header, key or function of the row, format, width)
 ]
 
 
+JAX_COLUMNS = [("jax ms", "jax_ms", ".2f", 10), ("minisr/jax", "jax_ratio", ".2f", 11)]
+
+
+def columns(rows) -> list:
+    """COLUMNS, and the JAX columns when some row has a JAX time."""
+    return COLUMNS + (JAX_COLUMNS if any(r.get("jax_ms") is not None for r in rows) else [])
+
+
 def _cell(r, key):
     return key(r) if callable(key) else r.get(key)
 
 
 def format_table(result) -> list[str]:
     cw = max([len(r["case"]) for r in result["rows"]] + [28]) + 2
-    head = f"{'case':<{cw}}{'pass':<9}" + "".join(f"{h:>{w}}" for h, _, _, w in COLUMNS)
+    cols = columns(result["rows"])
+    head = f"{'case':<{cw}}{'pass':<9}" + "".join(f"{h:>{w}}" for h, _, _, w in cols)
     lines, kind = [head, "-" * len(head)], None
     for r in result["rows"]:
         if kind is not None and r["kind"] != kind:
             lines.append("")
         kind = r["kind"]
-        lines.append(f"{r['case']:<{cw}}{r['pass']:<9}" + "".join(_fmt(_cell(r, k), f, w) for _, k, f, w in COLUMNS))
+        lines.append(f"{r['case']:<{cw}}{r['pass']:<9}" + "".join(_fmt(_cell(r, k), f, w) for _, k, f, w in cols))
     return lines
 
 
@@ -526,6 +592,9 @@ def format_summary(result) -> list[str]:
     bad = {r["case"]: r["check"] for r in result["rows"] if max((r.get("check") or {0: 0}).values()) > 1e-3}
     for name, errs in bad.items():
         lines.append(f"WARNING: {name}: minisr and PyTorch disagree (relative errors {errs})")
+    for r in result["rows"]:
+        if (r.get("jax_check") or {}).get("output", 0) > 1e-3:
+            lines.append(f"WARNING: {r['case']}: minisr and JAX disagree (relative error {r['jax_check']})")
     la0, la1 = meta.get("loadavg_before"), meta.get("loadavg_after")
     if la0 is not None:
         lines.append(f"load average (1 min) before / after: {la0[0]:.2f} / {la1[0]:.2f}" + (
@@ -553,7 +622,8 @@ def settings_line(meta) -> str:
     if s.get("mode", "same-process") == "separate":
         return (f"{mode_text(s)}: per round and library a child process runs {s['warmup']} warm-up + "
                 f"{s['repeats']} timed calls (inference 1 + {s['infer_repeats']}); reported: the median of the "
-                f"rounds' medians" + (f"; peak memory over {s['memory_steps']} steps in child processes"
+                f"rounds' medians" + ("; JAX (jit, XLA CPU) as a third library" if s.get("jax") else "")
+                + (f"; peak memory over {s['memory_steps']} steps in child processes"
                                       if s["memory"] else "")
                 + ("; TINY shapes" if s["tiny"] else "") + ("; --quick" if s["quick"] else ""))
     return (f"{mode_text(s)}: {s['repeats']} interleaved repeats after {s['warmup']} warm-up "
@@ -568,10 +638,11 @@ def markdown_section(result) -> str:
     out = [f"## {meta['date']}: {m['cpu']}, {meta['settings']['threads']} threads, "
            f"{meta['settings']['backend']} backend, {mode_text(meta['settings'])}", "",
            f"`{meta['command']}`", "", f"{settings_line(meta)}.", ""]
-    heads = ["case", "pass"] + [h for h, _, _, _ in COLUMNS]
-    out += ["| " + " | ".join(heads) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * len(COLUMNS)) + "|"]
+    cols = columns(result["rows"])
+    heads = ["case", "pass"] + [h for h, _, _, _ in cols]
+    out += ["| " + " | ".join(heads) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * len(cols)) + "|"]
     for r in result["rows"]:
-        cells = [r["case"], r["pass"]] + [_fmt(_cell(r, k), f) for _, k, f, _ in COLUMNS]
+        cells = [r["case"], r["pass"]] + [_fmt(_cell(r, k), f) for _, k, f, _ in cols]
         out.append("| " + " | ".join(cells) + " |")
     out.append("")
     if meta.get("sgemm_gflops"):
@@ -612,20 +683,30 @@ def plot(result, path) -> None:
     labels = [f"{r['case']}\n{r['pass']}" for r in rows]
     time_r = [r["ratio"] for r in rows]
     mem_r = [(r.get("memory") or {}).get("ratio") for r in rows]
+    jax_r = [r.get("jax_ratio") for r in rows]
     xs = range(len(rows))
-    width = 0.4 if any(v is not None for v in mem_r) else 0.6
+    if any(v is not None for v in jax_r):  # three bars: time vs PyTorch, time vs JAX, memory vs PyTorch
+        width = 0.28
+        ax_bars = [("time / PyTorch", time_r, -width, "tab:blue"), ("time / JAX", jax_r, 0.0, "tab:green"),
+                          ("peak memory / PyTorch", mem_r, width, "tab:orange")]
+    else:
+        width = 0.4 if any(v is not None for v in mem_r) else 0.6
+        ax_bars = [("time", time_r, -width / 2 if width < 0.5 else 0.0, "tab:blue")]
+        if width < 0.5:
+            ax_bars.append(("peak memory", mem_r, width / 2, "tab:orange"))
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(rows) + 2), 4.8))
-    bars = ax.bar([x - width / 2 if width < 0.5 else x for x in xs], time_r, width, label="time", color="tab:blue")
-    ax.bar_label(bars, fmt="%.2f", fontsize=8)
-    if width < 0.5:
-        xm = [x + width / 2 for x, v in zip(xs, mem_r) if v is not None]
-        bars = ax.bar(xm, [v for v in mem_r if v is not None], width, label="peak memory", color="tab:orange")
-        ax.bar_label(bars, fmt="%.2f", fontsize=8)
+    for label, values, dx, color in ax_bars:
+        pts = [(x + dx, v) for x, v in zip(xs, values) if v is not None]
+        if pts:
+            bars = ax.bar([p[0] for p in pts], [p[1] for p in pts], width, label=label, color=color)
+            ax.bar_label(bars, fmt="%.2f", fontsize=7)
     ax.axhline(1.0, color="black", linewidth=1, linestyle="--")
     ax.set_xticks(list(xs), labels, fontsize=8, rotation=30, ha="right")
-    ax.set_ylabel("minisr / PyTorch (lower is better)")
+    ax.set_ylabel("minisr / other library (lower is better)" if any(v is not None for v in jax_r)
+                  else "minisr / PyTorch (lower is better)")
     m, s = result["meta"]["machine"], result["meta"]["settings"]
-    ax.set_title(f"minisr ({s['backend']}) / PyTorch, {s['threads']} threads, {m['cpu']}"
+    ax.set_title(f"minisr ({s['backend']}) / PyTorch{' and JAX' if any(v is not None for v in jax_r) else ''}, "
+                 f"{s['threads']} threads, {m['cpu']}"
                  + (" [tiny]" if s["tiny"] else ""), fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -672,12 +753,13 @@ def main(argv=None):
     import minisr
 
     C.init(args.threads, args.backend)
+    args.jax = jax_wanted(args)
     cases = select(args, C)
     settings = dict(mode="same-process" if args.same_process else "separate", rounds=args.rounds,
                     threads=args.threads, backend=args.backend, dtype=args.dtype, repeats=args.repeats,
                     warmup=args.warmup, pause=args.pause, infer_repeats=args.infer_repeats,
                     memory_steps=args.memory_steps, memory=not args.no_memory, tiny=args.tiny, quick=args.quick,
-                    cases=[c[0] for c in cases])
+                    cases=[c[0] for c in cases], jax=args.jax)
     meta = dict(date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                 command="python bench/compare.py " + " ".join(sys.argv[1:] if argv is None else argv),
                 settings=settings, machine=C.machine_info(), loadavg_before=list(os.getloadavg()))
@@ -698,10 +780,16 @@ def main(argv=None):
         if kind in ("train", "infer") and not args.no_memory:
             new[0]["memory"] = measure_memory(cid, args)
         rows += new
-        done = ", ".join(f"{r['pass']} {r['minisr_ms']:.1f} / {r['torch_ms']:.1f} ms" for r in new)
-        print(f"[{i}/{len(cases)}] {name}: minisr / torch {done} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        done = ", ".join(f"{r['pass']} {r['minisr_ms']:.1f} / {r['torch_ms']:.1f}"
+                         + (f" / {r['jax_ms']:.1f}" if r.get("jax_ms") is not None else "") + " ms" for r in new)
+        print(f"[{i}/{len(cases)}] {name}: minisr / torch{' / jax' if args.jax else ''} {done} "
+              f"({time.perf_counter() - t0:.0f} s)", flush=True)
     meta["loadavg_after"] = list(os.getloadavg())
     meta["machine"] = C.machine_info()  # again, now that Numba's threading layer is known
+    if args.jax:
+        import importlib.metadata
+
+        meta["machine"]["jax"] = importlib.metadata.version("jax")
     sgemm = [r["minisr_gflops"] for r in rows if r["kind"] == "sgemm"]
     meta["sgemm_gflops"] = max(sgemm) if sgemm else None
     for r in rows:

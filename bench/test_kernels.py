@@ -121,6 +121,18 @@ def kernel_fn(kernel: str, impl: str):
         if kernel == "conv_input_grad":
             return ((lambda: backward([True, False, False])[0]) if t else
                     (lambda: be.conv_input_grad(w2, g, (N, Ci, H, W), *geometry)))
+        b, y = _rand(O, seed=4), np.maximum(_rand(N, O, P, seed=5), 0)  # (y: a ReLU output, for the mask)
+        tb, ty = T(b), T(y).reshape(N, O, *c_out)
+        if kernel == "conv_fused_forward":  # conv + bias + ReLU
+            return ((lambda: torch.relu(TF.conv2d(tx, tw, tb, padding=p)).reshape(N, O, P)) if t else
+                    (lambda: be.conv_fused_forward(x, w2, b, True, *geometry)))
+        if kernel == "conv_fused_backward":  # ReLU's mask, then dx, dw, db
+            def fused_backward():
+                dx, dw, db = torch.ops.aten.convolution_backward(tg * (ty > 0), tx, tw, [O], [1, 1], [p, p], [1, 1],
+                                                                 False, [0, 0], 1, [True, True, True])
+                return dx, dw.reshape(O, K), db
+
+            return fused_backward if t else (lambda: be.conv_fused_backward(g, y, x, w2, *geometry, True, True, True))
     if kernel.startswith("bias"):
         y, b = _rand(N, O, P), _rand(O, seed=1)
         ty, tb = T(y), T(b)

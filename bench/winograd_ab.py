@@ -56,7 +56,7 @@ def time_ab(fns, repeats, warmup=1):
 
 def layer_fns(case):
     """conv2d forward, forward + backward, and each of the three kernels alone."""
-    from minisr.backends import numba_backend as nb
+    from minisr.backends import numba as nb
 
     x, w, b, G = C.conv_arrays(case, np.float32)
     fwd, fwd_bwd = C.minisr_conv(case, x, w, b, G)

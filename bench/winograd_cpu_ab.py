@@ -29,7 +29,7 @@ def main(argv=None):
     ap.add_argument("--modes", default="direct,winograd", help="the two MINISR_CONV settings compared (B / A)")
     args = ap.parse_args(argv)
     C.init(1, "numba", torch=False)
-    from minisr.backends import numba_backend as nb
+    from minisr.backends import numba as nb
 
     todo = []
     for case in C.CONV_CASES:

@@ -302,8 +302,10 @@ class Trace:
 
     def layers(self, op: str | None = "conv2d", call: int | None = -1) -> list[OpRecord]:
         """The records of ``op`` (every op if None) of one backward call (the last by default; None: all), in
-        forward order."""
-        return sorted((r for r in self._call(call) if op is None or r.op == op), key=lambda r: (r.call, r.index))
+        forward order. ``"conv2d"`` includes ``conv2d_relu`` (a Conv2d followed by a ReLU, run as one op: its
+        |dE/d out| is the gradient of its output after the ReLU)."""
+        ops = _OP_FAMILIES.get(op, (op,))
+        return sorted((r for r in self._call(call) if op is None or r.op in ops), key=lambda r: (r.call, r.index))
 
     def table(self, call: int | None = None, show: bool = True) -> str:
         """A text table, one row per op in backward order: op, layer, output and input shapes, the norm of
@@ -385,13 +387,16 @@ class Trace:
         return path
 
 
+_OP_FAMILIES = {"conv2d": ("conv2d", "conv2d_relu")}  # Trace.layers(op): the ops that count as op
+
+
 def _param_index(op: str, parents, names: dict[int, str]) -> int | None:
     """Which input of an op is "its parameter": a conv's weight; else the first nn.Parameter, else the first named
     leaf that needs a gradient, else the first such leaf."""
     def trainable_leaf(p):
         return p._ctx is None and p.requires_grad
 
-    if op == "conv2d" and len(parents) > 1 and trainable_leaf(parents[1]):
+    if op in _OP_FAMILIES["conv2d"] and len(parents) > 1 and trainable_leaf(parents[1]):
         return 1
     from .nn import Parameter
 

@@ -15,6 +15,7 @@ from .tensor import Tensor, bump_version, is_grad_enabled, make_result, storage_
 
 __all__ = [
     "conv2d", "relu", "leaky_relu", "pixel_shuffle", "mse_loss", "l1_loss", "smoothness_loss", "pad",
+    "conv2d_relu",
     "add", "sub", "mul", "neg", "pow", "sum", "mean", "reshape", "getitem", "astype",
     "conv_transpose2d", "prelu", "tanh", "sigmoid",
 ]
@@ -127,8 +128,34 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padd
                           (col2im is the adjoint of im2col; the padding is cut off)
 
     The kernels (numpy_backend.conv_forward, conv_weight_grad, conv_input_grad) make the columns again in
-    the backward pass rather than keep them: only x is kept, as in PyTorch.
+    the backward pass rather than keep them: only x is kept, as in PyTorch. The bias add runs in the conv's
+    output pass and the bias gradient in its weight gradient's (numpy_backend.conv_fused_forward and
+    conv_fused_backward, fused in the Numba backend).
     """
+    return _conv2d(x, weight, bias, stride, padding, relu=False)
+
+
+def conv2d_relu(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0) -> Tensor:
+    """relu(conv2d(x, weight, bias, stride, padding)) as one op (what nn.Sequential runs for a Conv2d followed
+    by a ReLU): the same values and gradients, with ReLU in the conv's output pass and its mask applied where
+    the conv's gradients read g, instead of two passes of their own over the activation.
+
+    Forward, with out as in :func:`conv2d`:
+        y = max(out, 0)
+
+    Backward, g = dE/dy (ReLU's backward, then conv2d's):
+        gm = g * [y > 0]
+        dE/dw, dE/db, dE/dx = conv2d's backward with gm in place of g
+
+    Keeps x (for dE/dw), the weight (for dE/dx) and y (for the mask; an in-place op on y afterwards is an
+    error in the backward, as for relu).
+    """
+    return _conv2d(x, weight, bias, stride, padding, relu=True)
+
+
+def _conv2d(x, weight, bias, stride, padding, relu: bool) -> Tensor:
+    """conv2d, and conv2d_relu when relu: the checks, the forward and the backward of both."""
+    op = "conv2d_relu" if relu else "conv2d"
     x, weight = _tensor(x, "conv2d input"), _tensor(weight, "conv2d weight")
     _check_ndim(x, 4, "conv2d input", "(N, C, H, W)")
     _check_ndim(weight, 4, "conv2d weight", "(O, C, kh, kw)")
@@ -164,29 +191,29 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padd
     if N == 0:  # an empty batch (as PyTorch: an empty output, zero gradients); the kernels assume N >= 1
         xp = get_array_module(x.data)
         return make_result(xp.zeros((0, O, Ho, Wo), x.dtype), parents,
-                           lambda g: tuple(xp.zeros_like(p.data) for p in parents), "conv2d")
+                           lambda g: tuple(xp.zeros_like(p.data) for p in parents), op)
     w2 = weight.data.reshape(O, C * kh * kw)
     geometry = (kh, kw, sh, sw, ph, pw)
-    out = be.conv_forward(x.data, w2, *geometry)  # W2 @ im2col(x)[n]: (N, O, P)
-    if bias is not None:
-        be.bias_add(out, bias.data)
-    out = out.reshape(N, O, Ho, Wo)
+    # W2 @ im2col(x)[n] (+ b), then max(., 0) when relu: (N, O, P)
+    y = be.conv_fused_forward(x.data, w2, None if bias is None else bias.data, relu, *geometry)
+    out = y.reshape(N, O, Ho, Wo)
 
-    check = _saved(x, weight)  # (the backward reads x for dw, the weight for dx; the bias not at all)
+    # (the backward reads x for dw, the weight for dx, y for ReLU's mask; the bias not at all)
+    mask = y if relu else None  # (conv2d's backward must not keep its output alive)
+    check = _saved(x, weight, mask) if relu else _saved(x, weight)
 
     def backward(g):
-        check("conv2d")
+        check(op)
         g = g.reshape(N, O, Ho * Wo)
-        dx = dw = db = None
-        if x.requires_grad:
-            dx = be.conv_input_grad(w2, g, x.shape, *geometry)  # col2im(W2^T @ g[n])
-        if weight.requires_grad:
-            dw = be.conv_weight_grad(g, x.data, *geometry).reshape(weight.shape)  # sum_n g[n] @ im2col(x)[n]^T
-        if bias is not None and bias.requires_grad:
-            db = be.bias_grad(g)
+        need_db = bias is not None and bias.requires_grad
+        # dx = col2im(W2^T @ gm[n]), dw = sum_n gm[n] @ im2col(x)[n]^T, db = sum of gm; gm = g * [y > 0] or g
+        dx, dw, db = be.conv_fused_backward(g, mask, x.data, w2, *geometry, x.requires_grad, weight.requires_grad,
+                                            need_db)
+        if dw is not None:
+            dw = dw.reshape(weight.shape)
         return (dx, dw, db)[:len(parents)]
 
-    return make_result(out, parents, backward, "conv2d")
+    return make_result(out, parents, backward, op)
 
 
 def _padding_mode(x: Tensor, kernel, stride, mode: str):

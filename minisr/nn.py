@@ -16,6 +16,7 @@ from .tensor import Tensor
 
 __all__ = ["Parameter", "Module", "Conv2d", "ReLU", "LeakyReLU", "PixelShuffle", "Sequential", "Identity"]
 __all__ += ["ConvTranspose2d", "PReLU", "Tanh", "Sigmoid"]
+__all__ += ["conv_relu", "fusable"]
 
 
 class Parameter(Tensor):
@@ -303,6 +304,22 @@ class ReLU(Module):
         return F.relu(x, inplace=self.inplace)
 
 
+def fusable(conv, relu) -> bool:
+    """Whether ``relu(conv(x))`` can run as one op, F.conv2d_relu: a Conv2d and a ReLU, as such (not subclasses,
+    whose forward may do more)."""
+    return type(conv) is Conv2d and type(relu) is ReLU
+
+
+def conv_relu(conv: Conv2d, relu: ReLU, x):
+    """``relu(conv(x))``, as one op (:func:`minisr.functional.conv2d_relu`: the same values and gradients, with
+    the bias add, the ReLU and their gradients in the conv's own passes) when :func:`fusable`. Sequential does
+    this for a Conv2d followed by a ReLU; models whose forward calls them by hand (SRCNN, EDSR's ResBlock) call
+    this instead. ReLU's ``inplace`` makes no difference then: the conv's output is never kept apart."""
+    if fusable(conv, relu):
+        return F.conv2d_relu(x, conv.weight, conv.bias, conv.stride, conv.padding)
+    return relu(conv(x))
+
+
 class LeakyReLU(Module):
     def __init__(self, negative_slope: float = 0.01):
         super().__init__()
@@ -350,8 +367,15 @@ class Sequential(Module):
         return iter(self._modules.values())
 
     def forward(self, x):
-        for m in self._modules.values():
-            x = m(x)
+        modules = list(self._modules.values())
+        i = 0
+        while i < len(modules):
+            if i + 1 < len(modules) and fusable(modules[i], modules[i + 1]):  # a Conv2d and a ReLU: one op
+                x = conv_relu(modules[i], modules[i + 1], x)
+                i += 2
+                continue
+            x = modules[i](x)
+            i += 1
         return x
 
 

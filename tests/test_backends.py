@@ -55,6 +55,9 @@ def _conv_args(kernel, case, rng, dt):
         "conv_input_grad": lambda: (r(OUT_CH, K), r(N, OUT_CH, P), (N, C, H, W), kh, kw, sh, sw, ph, pw),
         "bias_add": lambda: (r(N, OUT_CH, Ho, Wo), r(OUT_CH)),
         "bias_grad": lambda: (r(N, OUT_CH, Ho, Wo),),
+        "conv_fused_forward": lambda: (r(N, C, H, W), r(OUT_CH, K), r(OUT_CH), True, kh, kw, sh, sw, ph, pw),
+        "conv_fused_backward": lambda: (r(N, OUT_CH, P), np.maximum(r(N, OUT_CH, P), 0), r(N, C, H, W), r(OUT_CH, K),
+                                        kh, kw, sh, sw, ph, pw, True, True, True),
     }[kernel]()
 
 
@@ -149,6 +152,7 @@ def _cases():
     out = []
     conv_kernels = ["im2col", "col2im", "conv_forward", "conv_weight_grad", "conv_input_grad",
                     "bias_add", "bias_grad"]
+    conv_kernels += ["conv_fused_forward", "conv_fused_backward"]
     for k in conv_kernels:
         for ci, case in enumerate(CONV):
             out.append((k, f"conv{ci}", lambda rng, dt, k=k, case=case: _conv_args(k, case, rng, dt),
@@ -245,16 +249,18 @@ def test_numba_conv_gemms_over_threads_and_bands(N, band_bytes, monkeypatch):
     """The numba conv GEMMs split the images (and, for few or big images, bands of output rows) over worker
     threads with single-threaded BLAS; every split gives the reference's result, and NumPy's BLAS thread count
     is given back."""
+    from minisr.backends.numba import conv_im2col, threads
+
     nbe = get_backend("numba")
-    monkeypatch.setattr(nbe, "_BAND_BYTES", band_bytes)  # 1: one output row per band
-    if nbe._set_blas_threads is not None:
-        blas_threads = nbe._set_blas_threads(1)  # (read the current count)
-        nbe._set_blas_threads(blas_threads)
+    monkeypatch.setattr(conv_im2col, "_BAND_BYTES", band_bytes)  # 1: one output row per band
+    if threads._set_blas_threads is not None:
+        blas_threads = threads._set_blas_threads(1)  # (read the current count)
+        threads._set_blas_threads(blas_threads)
     rng = np.random.default_rng(N)
     geometry = (3, 3, 1, 2, 1, 0)  # kh, kw, sh, sw, ph, pw
     x, w2 = rng.standard_normal((N, 4, 9, 8)), rng.standard_normal((5, 36))
     g = rng.standard_normal((N, 5, 9 * 3))
-    bands = nbe._bands(N, 9, 36 * 3 * 8)
+    bands = conv_im2col._bands(N, 9, 36 * 3 * 8)
     assert sorted((n, i) for n, i0, i1 in bands for i in range(i0, i1)) == [(n, i) for n in range(N) for i in range(9)]
     np.testing.assert_allclose(nbe.conv_forward(x, w2, *geometry), ref.conv_forward(x, w2, *geometry), rtol=1e-12,
                                atol=1e-12)
@@ -262,8 +268,8 @@ def test_numba_conv_gemms_over_threads_and_bands(N, band_bytes, monkeypatch):
                                rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(nbe.conv_input_grad(w2, g, x.shape, *geometry),
                                ref.conv_input_grad(w2, g, x.shape, *geometry), rtol=1e-12, atol=1e-12)
-    if nbe._set_blas_threads is not None:
-        assert nbe._set_blas_threads(blas_threads) == blas_threads
+    if threads._set_blas_threads is not None:
+        assert threads._set_blas_threads(blas_threads) == blas_threads
 
 
 @pytest.mark.skipif("numba" not in OTHERS, reason="numba backend not importable")
@@ -273,14 +279,16 @@ def test_numba_conv_gemms_over_threads_and_bands(N, band_bytes, monkeypatch):
 def test_numba_shifted_gemm_convs(case, dt, monkeypatch):
     """Stride-1 convs with enough channels run as shifted GEMMs straight on the padded input (no im2col);
     forced onto every stride-1 geometry here, they must give the reference's output and both gradients."""
+    from minisr.backends.numba import conv_shifted
+
     nbe = get_backend("numba")
-    monkeypatch.setattr(nbe, "_SHIFTED_MIN_CHANNELS", 1)
+    monkeypatch.setattr(conv_shifted, "_SHIFTED_MIN_CHANNELS", 1)
     N, C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo = _geometry(case)
     rng = np.random.default_rng(7)
     x, w2 = rng.standard_normal((N, C, H, W)).astype(dt), rng.standard_normal((5, C * kh * kw)).astype(dt)
     g = rng.standard_normal((N, 5, Ho * Wo)).astype(dt)
     geometry = (kh, kw, sh, sw, ph, pw)
-    assert nbe._shifted(x, C, sh, sw)
+    assert conv_shifted._shifted(x, C, sh, sw)
     for got, want in [(nbe.conv_forward(x, w2, *geometry), ref.conv_forward(x, w2, *geometry)),
                       (nbe.conv_weight_grad(g, x, *geometry), ref.conv_weight_grad(g, x, *geometry)),
                       (nbe.conv_input_grad(w2, g, x.shape, *geometry), ref.conv_input_grad(w2, g, x.shape, *geometry))]:
@@ -295,16 +303,18 @@ def test_numba_shifted_convs_row_blocks_and_runs(dt, run_cols, monkeypatch):
     """O = 16 output channels and C = 11 input channels (blocks of the kernel's rows and remainder blocks; a
     weight gradient through the kernel's GEMM, as O is a multiple of a tile), on runs of 5 grid rows, which
     start mid-image and span images (run_cols=40), or on runs of whole images (4096)."""
+    from minisr.backends.numba import conv_shifted, threads
+
     nbe = get_backend("numba")
-    monkeypatch.setattr(nbe, "_RUN_COLS", run_cols)
+    monkeypatch.setattr(conv_shifted, "_RUN_COLS", run_cols)
     if run_cols == 40:  # our kernels call no BLAS: they use every thread even when BLAS's count can't be set
-        monkeypatch.setattr(nbe, "_set_blas_threads", None)
-        assert nbe._threads(blas=False) == nbe.numba.get_num_threads()
+        monkeypatch.setattr(threads, "_set_blas_threads", None)
+        assert threads._threads(blas=False) == threads.numba.get_num_threads()
     rng = np.random.default_rng(3)
     geometry = (3, 3, 1, 1, 1, 1)
     x, w2 = rng.standard_normal((3, 11, 7, 6)).astype(dt), rng.standard_normal((16, 11 * 9)).astype(dt)
     g = rng.standard_normal((3, 16, 7 * 6)).astype(dt)
-    assert nbe._shifted(x, 11, 1, 1)
+    assert conv_shifted._shifted(x, 11, 1, 1)
     _assert_close(nbe.conv_forward(x, w2, *geometry), ref.conv_forward(x, w2, *geometry), dt, "forward")
     _assert_close(nbe.conv_weight_grad(g, x, *geometry), ref.conv_weight_grad(g, x, *geometry), dt, "weight gradient")
     _assert_close(nbe.conv_input_grad(w2, g, x.shape, *geometry), ref.conv_input_grad(w2, g, x.shape, *geometry), dt,
@@ -365,6 +375,7 @@ def test_shifted_kernel_that_does_not_compile_falls_back_to_im2col(monkeypatch):
     """Where LLVM cannot build the kernel (an llvmlite without the API it uses, say), convs warn once and run as
     im2col + BLAS, with the same results."""
     from minisr.backends import shifted_kernel as sk
+    from minisr.backends.numba import conv_shifted
 
     nbe = get_backend("numba")
 
@@ -377,8 +388,8 @@ def test_shifted_kernel_that_does_not_compile_falls_back_to_im2col(monkeypatch):
     x = np.random.default_rng(0).standard_normal((2, 8, 6, 5)).astype(np.float32)
     w2 = np.random.default_rng(1).standard_normal((4, 8 * 9)).astype(np.float32)
     with pytest.warns(RuntimeWarning, match="did not compile"):
-        assert not nbe._shifted(x, 8, 1, 1)
-    assert not nbe._shifted(x, 8, 1, 1)  # (decided once)
+        assert not conv_shifted._shifted(x, 8, 1, 1)
+    assert not conv_shifted._shifted(x, 8, 1, 1)  # (decided once)
     _assert_close(nbe.conv_forward(x, w2, 3, 3, 1, 1, 1, 1), ref.conv_forward(x, w2, 3, 3, 1, 1, 1, 1), np.float32,
                   "im2col fallback")
 
@@ -390,8 +401,9 @@ def test_numba_workers_run_each_share_on_its_own_cpu():
     import os
     import threading
 
-    nbe = get_backend("numba")
-    workers = nbe._Workers(2)
+    from minisr.backends.numba import threads as nb_threads
+
+    workers = nb_threads._Workers(2)
     seen = {}
 
     def record(t):
@@ -412,21 +424,24 @@ def test_numba_workers_run_each_share_on_its_own_cpu():
 def test_numba_conv_keeps_no_reference_to_its_output():
     """Once the caller drops a conv's output, its workspace buffer is idle again (reused by the next call): no
     worker thread may keep the call's closure -- and so the output -- alive while it waits."""
+    from minisr.backends.numba import workspace
+
     nbe = get_backend("numba")
     x = np.random.default_rng(0).standard_normal((4, 16, 48, 48)).astype(np.float32)
     w2 = np.random.default_rng(1).standard_normal((64, 16 * 9)).astype(np.float32)
     nbe.empty_cache()
     out = nbe.conv_forward(x, w2, 3, 3, 1, 1, 1, 1)
-    buffers = [e for e in nbe._cache if e[0].nbytes == out.nbytes]
-    assert buffers and not any(nbe._idle(e) for e in buffers)
+    buffers = [e for e in workspace._cache if e[0].nbytes == out.nbytes]
+    assert buffers and not any(workspace._idle(e) for e in buffers)
     del out
-    assert all(nbe._idle(e) for e in buffers)
+    assert all(workspace._idle(e) for e in buffers)
 
 
 @pytest.mark.skipif("numba" not in OTHERS, reason="numba backend not importable")
 def test_numba_workspace_reuses_only_idle_buffers():
     """A cached buffer is handed out again only when no array made from it is alive."""
-    nbe = get_backend("numba")
+    from minisr.backends.numba import workspace as nbe
+
     nbe.empty_cache()
     shape = (nbe._MIN_CACHED // 4 + 64,)  # just over the caching threshold, float32
     a = nbe._empty(shape, np.float32)

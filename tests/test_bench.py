@@ -101,7 +101,7 @@ def test_compare_separate_processes(tmp_path):
     pytest.importorskip("torch")
     js, md = tmp_path / "c.json", tmp_path / "R.md"
     cmd = [sys.executable, str(BENCH / "compare.py"), "--tiny", "--quick", "--rounds", "2", "--repeats", "2",
-           "--cases", "train-srcnn", "--no-memory", "--json", str(js), "--plot", "", "--markdown", str(md)]
+           "--cases", "train-srcnn", "--no-memory", "--json", str(js), "--plot", "", "--markdown", str(md), "--no-jax"]
     res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, f"compare.py failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
     result = json.loads(js.read_text())
@@ -112,6 +112,26 @@ def test_compare_separate_processes(tmp_path):
         assert len(row[f"{lib}_times_ms"]) == 4 and len(row[f"{lib}_round_ms"]) == 2
         assert row[f"{lib}_ms"] == pytest.approx(sum(row[f"{lib}_round_ms"]) / 2)  # (the median of two)
     assert "each library in its own processes (2 rounds, alternating)" in md.read_text()
+    assert "jax_ms" not in row and "| jax ms |" not in md.read_text()  # (--no-jax)
+
+
+@pytest.mark.slow
+def test_compare_jax_column(tmp_path):
+    """Where JAX is importable, a third library: its own child per round, the same step, checked against minisr."""
+    pytest.importorskip("torch")
+    pytest.importorskip("jax")
+    js, md = tmp_path / "c.json", tmp_path / "R.md"
+    cmd = [sys.executable, str(BENCH / "compare.py"), "--tiny", "--quick", "--rounds", "2", "--repeats", "2",
+           "--cases", "train-srcnn", "--no-memory", "--json", str(js), "--plot", "", "--markdown", str(md)]
+    res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, f"compare.py failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    result = json.loads(js.read_text())
+    assert result["meta"]["settings"]["jax"] and result["meta"]["machine"]["jax"]
+    (row,) = result["rows"]
+    assert len(row["jax_times_ms"]) == 4 and len(row["jax_round_ms"]) == 2 and row["jax_ms"] > 0
+    assert row["jax_ratio"] == pytest.approx(row["minisr_ms"] / row["jax_ms"])
+    assert row["jax_check"]["output"] < 1e-4  # JAX with minisr's weights computes minisr's output
+    assert "| jax ms | minisr/jax |" in md.read_text() and "JAX (jit, XLA CPU)" in md.read_text()
 
 
 def test_time_child_imports_only_its_library(tmp_path):

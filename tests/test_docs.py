@@ -15,6 +15,7 @@ Spans that are none of these (expressions, shapes, parameter paths such as `body
 from __future__ import annotations
 
 import importlib
+import pkgutil
 import re
 from pathlib import Path
 
@@ -94,7 +95,9 @@ def check_names(text: str):
     instances = _instances()
     searched = [importlib.import_module(m) for m in (
         "minisr", "minisr.tensor", "minisr.functional", "minisr.autograd", "minisr.nn", "minisr.backends",
-        "minisr.backends.numpy_backend", "minisr.backends.numba_backend", "minisr.backends.shifted_kernel")]
+        "minisr.backends.numpy_backend", "minisr.backends.numba", "minisr.backends.shifted_kernel")]
+    searched += [importlib.import_module(f"minisr.backends.numba.{m.name}")  # (the Numba backend's files)
+                 for m in pkgutil.iter_modules(importlib.import_module("minisr.backends.numba").__path__)]
     searched += [instances["x"], np]  # `backward()` is a Tensor method; the NumPy reference calls `matmul`
     checked, problems = [], []
     for n, line_spans in spans(text):

@@ -364,16 +364,17 @@ def test_checkpoint_save_never_writes_what_load_refuses(tmp_path):
 
 # ------------------------------------------------------------------------------------------- process level
 def _nb():
-    from minisr.backends import numba_backend
+    from minisr.backends import numba
 
-    return numba_backend
+    return numba
 
 
 def test_interrupted_wait_for_the_conv_workers_waits_for_the_running_shares():
     """Ctrl-C while the caller waits for the workers: run() must not return (and free the scratch buffers of
     worker 0 for the calling thread) while a share is still running."""
-    nb = _nb()
-    pool = nb._Workers(2)
+    from minisr.backends.numba import threads
+
+    pool = threads._Workers(2)
     main = threading.main_thread().ident
     state = {"finished": 0, "started": 0}
     lock = threading.Lock()
@@ -406,8 +407,10 @@ def test_conv_after_an_interrupted_conv_is_right(monkeypatch):
     """The end-to-end case: Ctrl-C while a conv's workers run, then a conv small enough to run on the calling
     thread (one band), which uses worker 0's scratch columns. Worker 0 is slowed after the interrupt and the
     small conv waits between making its columns and multiplying them, so an orphaned share always overlaps it."""
+    from minisr.backends.numba import conv_im2col, threads
+
     nb = _nb()
-    if nb._threads() < 2:
+    if threads._threads() < 2:
         pytest.skip("needs >= 2 Numba threads")
     rng = np.random.default_rng(0)
     x = rng.standard_normal((8, 4, 40, 40)).astype(np.float32)  # (4 channels: im2col + GEMM, one band per image)
@@ -417,7 +420,7 @@ def test_conv_after_an_interrupted_conv_is_right(monkeypatch):
     nb.conv_forward(x, w, 3, 3, 1, 1, 0, 0)  # (compiled and loaded before the timing below)
     nb.conv_forward(xs, w, 3, 3, 1, 1, 0, 0)
     main = threading.main_thread()
-    real = nb._im2col_image
+    real = conv_im2col._im2col_image
     interrupted = threading.Event()
 
     def im2col_image(*args):
@@ -432,7 +435,7 @@ def test_conv_after_an_interrupted_conv_is_right(monkeypatch):
         if me is main:
             time.sleep(0.1)  # (the small conv's columns wait for their GEMM)
 
-    monkeypatch.setattr(nb, "_im2col_image", im2col_image)
+    monkeypatch.setattr(conv_im2col, "_im2col_image", im2col_image)
     with pytest.raises(KeyboardInterrupt):
         nb.conv_forward(x, w, 3, 3, 1, 1, 0, 0)
         time.sleep(5)  # (the signal arrives in the conv, or at the latest here)

@@ -76,7 +76,7 @@ def test_reference_matrices_are_the_papers():
 @pytest.mark.parametrize("dt", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_numba_winograd_matches_direct_conv(shape, dt):
-    from minisr.backends import winograd
+    from minisr.backends.numba import winograd
 
     x, w, g, p = _data(shape, dt)
     out, dx, dw = _direct(x.astype(np.float64), w.astype(np.float64), g.astype(np.float64), p)
@@ -94,14 +94,15 @@ def test_numba_winograd_matches_direct_conv(shape, dt):
 @pytest.mark.parametrize("dt", [np.float32, np.float64])
 def test_numba_winograd_chunks_across_images(dt, monkeypatch):
     """Many chunks, cut inside tile rows and across images, on two threads (and one)."""
-    from minisr.backends import numba_backend, winograd
+    from minisr.backends.numba import threads as nb_threads
+    from minisr.backends.numba import winograd
 
     x, w, g, p = _data((5, 8, 10, 9, 13, 1), dt, seed=1)
     out, dx, dw = _direct(x.astype(np.float64), w.astype(np.float64), g.astype(np.float64), p)
     N, O = x.shape[0], w.shape[0]
     monkeypatch.setattr(winograd, "_CHUNK_TILES", 1)  # one GEMM tile of columns per chunk
     for threads in (1, 2):
-        monkeypatch.setattr(numba_backend, "_threads", lambda blas=True, threads=threads: threads)
+        monkeypatch.setattr(nb_threads, "_threads", lambda blas=True, threads=threads: threads)
         assert len(winograd._chunks(5 * 5 * 7, 48)) >= 2 * threads
         assert _rel(winograd.conv_forward(x, w.reshape(O, -1), p, p).reshape(g.shape), out) < TOL[dt]
         assert _rel(winograd.conv_input_grad(w.reshape(O, -1), g.reshape(N, O, -1), x.shape, p, p), dx) < TOL[dt]
@@ -115,14 +116,14 @@ def test_conv2d_gradcheck_winograd(shape, O, padding, monkeypatch):
     rng = np.random.default_rng(3)
     x, w, b = rng.standard_normal(shape), rng.standard_normal((O, shape[1], 3, 3)), rng.standard_normal(O)
     with minisr.use_backend("numba"):
-        from minisr.backends import winograd
+        from minisr.backends.numba import winograd
 
         assert winograd.use(shape[1], O, 3, 3, 1, 1, padding, padding, np.float64)
         gradcheck(lambda x, w, b: F.conv2d(x, w, b, 1, padding), x, w, b)
 
 
 def test_conv_switch(monkeypatch):
-    from minisr.backends import winograd
+    from minisr.backends.numba import winograd
 
     monkeypatch.setenv("MINISR_CONV", "direct")
     assert not winograd.use(64, 64, 3, 3, 1, 1, 1, 1, np.float32)

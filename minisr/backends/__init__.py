@@ -5,7 +5,7 @@ Every op in :mod:`minisr.functional` is written once, against a *backend handle*
 of them:
 
 * ``numpy``  -- :mod:`minisr.backends.numpy_backend`, the readable reference (what a student reads);
-* ``numba``  -- :mod:`minisr.backends.numba_backend`, the same signatures as parallel Numba loops (CPU
+* ``numba``  -- :mod:`minisr.backends.numba`, the same signatures as parallel Numba loops (CPU
   default);
 * ``cupy``   -- the GPU kernels (CUDA C in the top-level ``kernels/``), chosen automatically for CuPy arrays.
 
@@ -38,11 +38,12 @@ KERNELS = (
     "sgd_update", "adam_update",
     "maxpool2d_argmax", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward",
     "prelu_forward", "prelu_backward", "tanh_forward", "tanh_backward", "sigmoid_forward", "sigmoid_backward",
+    "conv_fused_forward", "conv_fused_backward",
 )
 
 _MODULES = {
     "numpy": "minisr.backends.numpy_backend",
-    "numba": "minisr.backends.numba_backend",
+    "numba": "minisr.backends.numba",
     "cupy": "minisr.backends.cupy_backend",
 }
 CPU_BACKENDS = ("numpy", "numba")

@@ -127,6 +127,26 @@ def relu_backward(g, y):
     return _unary("relu_backward", g, _c(y))
 
 
+# ------------------------------------------------------------------------------------------ conv with its epilogue
+def conv_fused_forward(x, w2, b, relu, kh, kw, sh, sw, ph, pw):
+    """numpy_backend.conv_fused_forward as the plain kernels one after the other (not fused on the GPU yet)."""
+    out = conv_forward(x, w2, kh, kw, sh, sw, ph, pw)
+    if b is not None:
+        bias_add(out, b)
+    if relu:
+        relu_forward(out, out=out)
+    return out
+
+
+def conv_fused_backward(g, y, x, w2, kh, kw, sh, sw, ph, pw, need_dx, need_dw, need_db):
+    """numpy_backend.conv_fused_backward as the plain kernels one after the other (not fused on the GPU yet)."""
+    gm = g if y is None else relu_backward(g, y)
+    dx = conv_input_grad(w2, gm, x.shape, kh, kw, sh, sw, ph, pw) if need_dx else None
+    dw = conv_weight_grad(gm, x, kh, kw, sh, sw, ph, pw) if need_dw else None
+    db = bias_grad(gm) if need_db else None
+    return dx, dw, db
+
+
 def leaky_relu_forward(x, slope):
     return _unary("leaky_relu_forward", x, x.dtype.type(slope))
 

@@ -107,6 +107,31 @@ def relu_backward(g, y):
     return g * (y > 0)
 
 
+# ------------------------------------------------------------------------------------ conv with its epilogue
+# conv2d and conv2d_relu call these two: the bias add and the ReLU belong to the conv's output pass, the bias
+# gradient to its weight gradient's pass and ReLU's mask to where its gradients read g (the Numba backend fuses
+# them so). Here, to read: the plain kernels one after the other.
+def conv_fused_forward(x, w2, b, relu, kh, kw, sh, sw, ph, pw):
+    """out = conv_forward(x, w2) (+ b[o] when b is not None), then max(out, 0) when relu: (N, O, P)."""
+    out = conv_forward(x, w2, kh, kw, sh, sw, ph, pw)
+    if b is not None:
+        bias_add(out, b)
+    if relu:
+        relu_forward(out, out=out)
+    return out
+
+
+def conv_fused_backward(g, y, x, w2, kh, kw, sh, sw, ph, pw, need_dx, need_dw, need_db):
+    """(dx, dw2, db) of conv_fused_forward, each None unless asked for: with gm = g where y > 0, else 0 (y the
+    forward's output after the ReLU; y None: no ReLU, gm = g),
+        dx = conv_input_grad(w2, gm), dw2 = conv_weight_grad(gm, x), db[o] = sum over n and positions of gm."""
+    gm = g if y is None else relu_backward(g, y)
+    dx = conv_input_grad(w2, gm, x.shape, kh, kw, sh, sw, ph, pw) if need_dx else None
+    dw = conv_weight_grad(gm, x, kh, kw, sh, sw, ph, pw) if need_dw else None
+    db = bias_grad(gm) if need_db else None
+    return dx, dw, db
+
+
 def leaky_relu_forward(x, slope):
     """y = x if x > 0 else slope * x."""
     return get_array_module(x).where(x > 0, x, x * x.dtype.type(slope))

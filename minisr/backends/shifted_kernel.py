@@ -8,7 +8,7 @@ With B a zero-padded image (channels x positions of its padded grid) and offs[k]
 filter's tap k, shifted_gemm is a convolution's forward (A = the weights, tap by tap), and with B the output
 gradient and mirrored offsets its input gradient (A = the weights transposed). gemm_nt with A the output
 gradient on the grid and B's rows the image's channels at each tap's offset is its weight gradient. (See
-numba_backend's "shifted GEMMs".)
+the Numba backend's "shifted GEMMs", minisr/backends/numba/conv_shifted.py.)
 
 Why not a BLAS call per tap: each of the kh*kw GEMMs has a short inner dimension (C = 64) and reads and writes
 the whole output block again, so they ran at ~50-65% of this machine's sgemm rate, where PyTorch's (oneDNN's)

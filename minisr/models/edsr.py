@@ -38,7 +38,7 @@ class ResBlock(nn.Module):
         self.res_scale = res_scale
 
     def forward(self, x):
-        r = self.conv2(self.relu(self.conv1(x)))
+        r = self.conv2(nn.conv_relu(self.conv1, self.relu, x))
         if self.res_scale != 1:
             r = r * self.res_scale
         return F.add(r, x, inplace=True)  # r is needed by nothing else: the sum takes its memory

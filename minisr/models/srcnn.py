@@ -37,4 +37,4 @@ class SRCNN(nn.Module):
         self.scale = 1
 
     def forward(self, x):
-        return self.conv3(self.relu(self.conv2(self.relu(self.conv1(x)))))
+        return self.conv3(nn.conv_relu(self.conv2, self.relu, nn.conv_relu(self.conv1, self.relu, x)))

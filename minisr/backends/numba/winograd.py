@@ -35,8 +35,11 @@ import os
 import numpy as np
 from numba import njit
 
-from . import shifted_kernel
-from . import winograd_reference as _ref
+from .. import shifted_kernel
+from .. import winograd_reference as _ref
+from . import threads
+from .threads import _run, _sum_parts
+from .workspace import _empty, _scratch
 
 M_OUT = 2  # F(2x2, 3x3)
 P = (M_OUT + 2) ** 2  # 16 positions
@@ -214,12 +217,6 @@ def _grad_transform(g, nth, ntw, t0, cnt, dM, D):
 
 
 # ----------------------------------------------------------------------------------------------- the convs
-def _nb():
-    from . import numba_backend  # (imported here: numba_backend imports this module)
-
-    return numba_backend
-
-
 def _ceil(a, b):
     return -(-a // b)
 
@@ -227,7 +224,7 @@ def _ceil(a, b):
 def _chunks(total, TILE):
     """[(t0, count)]: runs of tiles, each a multiple of TILE long (but the last), at least two per thread
     when there are enough tiles."""
-    T = _nb()._threads(blas=False)
+    T = threads._threads(blas=False)
     size = max(TILE, _ceil(_CHUNK_TILES, TILE) * TILE)
     n = max(_ceil(total, size), min(2 * T, _ceil(total, TILE)))
     size = _ceil(_ceil(total, n), TILE) * TILE
@@ -250,7 +247,6 @@ def _gemm_calls(U, dtype):
 
 def _forward(x, w, ph, pw):
     """out (N, O, Ho, Wo) = conv2d(x, w (O, C, 3, 3), padding (ph, pw)), F(2x2, 3x3)."""
-    nb = _nb()
     N, C, H, W = x.shape
     O = w.shape[0]
     BT, G, AT = _ref.matrices(M_OUT, x.dtype)
@@ -260,27 +256,27 @@ def _forward(x, w, ph, pw):
     U = np.ascontiguousarray((G @ w @ G.T).reshape(O, C, P).transpose(2, 0, 1))  # U[p] (O, C)
     calls, keep = _gemm_calls(U, x.dtype)
     zero = np.zeros(1, np.int64)
-    out = nb._empty((N, O, Ho, Wo), x.dtype)
+    out = _empty((N, O, Ho, Wo), x.dtype)
 
     def work(t, share):
         for t0, cnt in share:
             Tp = -(-cnt // TILE) * TILE
-            V = nb._scratch(t, "wg_V", (C, P, Tp), x.dtype)  # position p of channel c: a row of Tp tiles
-            _input_transform(x, ph, pw, nth, ntw, t0, cnt, V, nb._scratch(t, "wg_D", (16, max(Tp, ntw + 1)), x.dtype))
-            Mk = nb._scratch(t, "wg_M", (O, P, Tp), x.dtype)
+            V = _scratch(t, "wg_V", (C, P, Tp), x.dtype)  # position p of channel c: a row of Tp tiles
+            _input_transform(x, ph, pw, nth, ntw, t0, cnt, V, _scratch(t, "wg_D", (16, max(Tp, ntw + 1)), x.dtype))
+            Mk = _scratch(t, "wg_M", (O, P, Tp), x.dtype)
             vb, mk, ld = V.ctypes.data, Mk.ctypes.data, P * Tp
             for p, kern, a, m0, nmb in calls:  # Mk[:, p] = U[p] @ V[:, p] (row stride ld)
                 kern(a, vb + p * Tp * it, mk + (m0 * ld + p * Tp) * it, zero.ctypes.data, 1, C, ld, ld, Tp // TILE,
                      nmb)
-            _output_transform(Mk, nth, ntw, t0, cnt, out, nb._scratch(t, "wg_D", (16, max(Tp, ntw + 1)), x.dtype))
+            _output_transform(Mk, nth, ntw, t0, cnt, out, _scratch(t, "wg_D", (16, max(Tp, ntw + 1)), x.dtype))
 
-    nb._run(_chunks(N * nth * ntw, TILE), work, blas=False)
+    _run(_chunks(N * nth * ntw, TILE), work, blas=False)
     del keep
     return out
 
 
 def conv_forward(x, w2, ph, pw):
-    """numba_backend.conv_forward for a 3 x 3 stride-1 layer: x (N, C, H, W), w2 (O, 9 C) -> (N, O, Ho*Wo)."""
+    """conv.conv_forward for a 3 x 3 stride-1 layer: x (N, C, H, W), w2 (O, 9 C) -> (N, O, Ho*Wo)."""
     x = np.ascontiguousarray(x)
     O, C = w2.shape[0], x.shape[1]
     out = _forward(x, np.ascontiguousarray(w2).reshape(O, C, 3, 3), ph, pw)
@@ -288,7 +284,7 @@ def conv_forward(x, w2, ph, pw):
 
 
 def conv_input_grad(w2, g, x_shape, ph, pw):
-    """numba_backend.conv_input_grad for a 3 x 3 stride-1 layer: the forward on g with the filter flipped and
+    """conv.conv_input_grad for a 3 x 3 stride-1 layer: the forward on g with the filter flipped and
     transposed, padding 2 - p."""
     N, C, H, W = x_shape
     O = w2.shape[0]
@@ -298,8 +294,7 @@ def conv_input_grad(w2, g, x_shape, ph, pw):
 
 
 def conv_weight_grad(g, x, ph, pw):
-    """numba_backend.conv_weight_grad for a 3 x 3 stride-1 layer: g (N, O, Ho*Wo), x (N, C, H, W) -> (O, 9 C)."""
-    nb = _nb()
+    """conv.conv_weight_grad for a 3 x 3 stride-1 layer: g (N, O, Ho*Wo), x (N, C, H, W) -> (O, 9 C)."""
     x = np.ascontiguousarray(x)
     N, C, H, W = x.shape
     O = g.shape[1]
@@ -321,10 +316,10 @@ def conv_weight_grad(g, x, ph, pw):
         acc = parts[t] = np.zeros((P, O, C), x.dtype)
         for t0, cnt in share:
             Tp = -(-cnt // TILE) * TILE
-            V = nb._scratch(t, "wg_V", (C, P, Tp), x.dtype)
-            rows = nb._scratch(t, "wg_D", (16, max(Tp, ntw + 1)), x.dtype)
+            V = _scratch(t, "wg_V", (C, P, Tp), x.dtype)
+            rows = _scratch(t, "wg_D", (16, max(Tp, ntw + 1)), x.dtype)
             _input_transform(x, ph, pw, nth, ntw, t0, cnt, V, rows)
-            dM = nb._scratch(t, "wg_M", (O, P, Tp), x.dtype)
+            dM = _scratch(t, "wg_M", (O, P, Tp), x.dtype)
             _grad_transform(g4, nth, ntw, t0, cnt, dM, rows)
             ld = P * Tp
             for p in range(P):
@@ -333,6 +328,6 @@ def conv_weight_grad(g, x, ph, pw):
                     kern(dM.ctypes.data + (m0 * ld + p * Tp) * it, V.ctypes.data, acc[p, m0:, n0:].ctypes.data,
                          boffs[n0:].ctypes.data, ld, C, Tp // VW, (m1 - m0) // mb, (n1 - n0) // nb_)
 
-    nb._run(_chunks(N * nth * ntw, TILE), work, blas=False)
-    dU = nb._sum_parts(parts).transpose(1, 2, 0).reshape(O, C, 4, 4)
+    _run(_chunks(N * nth * ntw, TILE), work, blas=False)
+    dU = _sum_parts(parts).transpose(1, 2, 0).reshape(O, C, 4, 4)
     return (G.T @ dU @ G).reshape(O, C * 9)

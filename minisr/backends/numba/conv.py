@@ -1,0 +1,97 @@
+"""The three conv kernels of the Numba backend, each choosing its path per layer: Winograd F(2x2, 3x3)
+(:mod:`.winograd`, when ``MINISR_CONV`` asks for it), shifted GEMMs on our own kernel (:mod:`.conv_shifted`:
+stride 1 with >= 8 channels), or columns + BLAS (:mod:`.conv_im2col`: everything else).
+
+conv_fused_forward and conv_fused_backward (conv2d's and conv2d_relu's kernels) fuse the bias add, the ReLU and
+their gradients into the shifted GEMMs' own passes over the data (see :mod:`.conv_shifted`) and into the
+im2col path's forward bands; elsewhere, or with ``MINISR_FUSE=0`` (read at every call, to compare), they run
+the plain kernels one after the other, as the NumPy reference does."""
+
+from __future__ import annotations
+
+import os
+
+from . import winograd as _winograd
+from .activations import relu_backward, relu_forward
+from .bias import bias_add, bias_grad
+from .common import _c
+from .conv_im2col import _conv_forward_cols, _conv_input_grad_cols, _conv_weight_grad_cols
+from .conv_shifted import _conv_forward_shifted, _conv_input_grad_shifted, _conv_weight_grad_shifted, _shifted
+
+
+def conv_forward(x, w2, kh, kw, sh, sw, ph, pw):
+    x, w2 = _c(x), _c(w2)
+    C = x.shape[1]
+    if _winograd.use(C, w2.shape[0], kh, kw, sh, sw, ph, pw, x.dtype):  # 3x3 stride 1: F(2x2, 3x3)
+        return _winograd.conv_forward(x, w2, ph, pw)
+    if _shifted(x, C, sh, sw):
+        return _conv_forward_shifted(x, w2, kh, kw, ph, pw)
+    return _conv_forward_cols(x, w2, kh, kw, sh, sw, ph, pw)
+
+
+def conv_weight_grad(g, x, kh, kw, sh, sw, ph, pw):
+    g, x = _c(g), _c(x)
+    C = x.shape[1]
+    if _winograd.use(C, g.shape[1], kh, kw, sh, sw, ph, pw, x.dtype, "weight_grad"):
+        return _winograd.conv_weight_grad(g, x, ph, pw)
+    if _shifted(x, C, sh, sw):
+        return _conv_weight_grad_shifted(g, x, kh, kw, ph, pw)[0]
+    return _conv_weight_grad_cols(g, x, kh, kw, sh, sw, ph, pw)
+
+
+def conv_input_grad(w2, g, x_shape, kh, kw, sh, sw, ph, pw):
+    w2, g = _c(w2), _c(g)
+    C = x_shape[1]
+    if _winograd.use(C, w2.shape[0], kh, kw, sh, sw, ph, pw, g.dtype, "input_grad"):
+        return _winograd.conv_input_grad(w2, g, x_shape, ph, pw)
+    if _shifted(g, C, sh, sw):
+        return _conv_input_grad_shifted(w2, g, x_shape, kh, kw, ph, pw)
+    return _conv_input_grad_cols(w2, g, x_shape, kh, kw, sh, sw, ph, pw)
+
+
+def fused() -> bool:
+    """``MINISR_FUSE`` (read at every call): 1 (the default) fuses the epilogues, 0 runs them as separate passes."""
+    v = os.environ.get("MINISR_FUSE", "1").strip().lower() or "1"
+    if v not in ("0", "1"):
+        raise ValueError(f"MINISR_FUSE={v!r}: choose 1 (fused epilogues, the default) or 0 (separate passes)")
+    return v == "1"
+
+
+def conv_fused_forward(x, w2, b, relu, kh, kw, sh, sw, ph, pw):
+    x, w2 = _c(x), _c(w2)
+    C = x.shape[1]
+    if fused() and (b is not None or relu):
+        if not _winograd.use(C, w2.shape[0], kh, kw, sh, sw, ph, pw, x.dtype) and _shifted(x, C, sh, sw):
+            return _conv_forward_shifted(x, w2, kh, kw, ph, pw, b, relu)
+        if not _winograd.use(C, w2.shape[0], kh, kw, sh, sw, ph, pw, x.dtype):
+            return _conv_forward_cols(x, w2, kh, kw, sh, sw, ph, pw, b, relu)
+    out = conv_forward(x, w2, kh, kw, sh, sw, ph, pw)
+    if b is not None:
+        bias_add(out, b)
+    if relu:
+        relu_forward(out, out=out)
+    return out
+
+
+def conv_fused_backward(g, y, x, w2, kh, kw, sh, sw, ph, pw, need_dx, need_dw, need_db):
+    g, x, w2 = _c(g), _c(x), _c(w2)
+    C, O = x.shape[1], w2.shape[0]
+    geometry = (kh, kw, sh, sw, ph, pw)
+    shifted = fused() and _shifted(x, C, sh, sw)
+    fuse_w = need_dw and shifted and not _winograd.use(C, O, *geometry, x.dtype, "weight_grad")
+    fuse_x = need_dx and shifted and not _winograd.use(C, O, *geometry, x.dtype, "input_grad")
+    gm = None  # ReLU's backward as a pass of its own, for what is not fused
+    if (need_dw and not fuse_w) or (need_dx and not fuse_x) or (need_db and not fuse_w):
+        gm = g if y is None else relu_backward(g, y)
+    dx = dw = db = None
+    if fuse_w:
+        dw, db = _conv_weight_grad_shifted(g, x, kh, kw, ph, pw, y, need_db)
+    elif need_dw:
+        dw = conv_weight_grad(gm, x, *geometry)
+    if need_db and db is None:
+        db = bias_grad(gm)
+    if fuse_x:
+        dx = _conv_input_grad_shifted(w2, g, x.shape, kh, kw, ph, pw, y)
+    elif need_dx:
+        dx = conv_input_grad(w2, gm, x.shape, *geometry)
+    return dx, dw, db

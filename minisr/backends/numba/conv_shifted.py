@@ -1,0 +1,250 @@
+"""Convolution as shifted GEMMs (stride 1, enough channels): no columns at all, every tap a GEMM on a shifted
+view of the zero-padded input, summed in registers by the one hand-written kernel (:mod:`..shifted_kernel`).
+
+Number the positions of the zero-padded inputs (Hp x Wp each, one after the other) q = n*L + r*Wp + s,
+L = Hp*Wp, and put output (i, j) of image n at q = n*L + i*Wp + j too: its window (u, v) then starts at
+q + u*Wp + v. So
+
+    out[:, q] = sum_(u, v) w[:, :, u, v] @ y[:, q + u*Wp + v]         (O x C) @ (C x positions)
+
+over a whole run of positions -- rows of several images at once -- with y the run's padded input read at an
+offset per tap. Positions with j >= Wo or i >= Ho are junk (windows that wrap into the next row or image): the
+valid outputs are cut out afterwards, and the gradients are 0 there. The sum over taps is one call of
+shifted_kernel.shifted_gemm (register-blocked: each output tile is summed over all taps and channels in
+registers); the input gradient is the same kernel with w transposed and mirrored offsets; the weight gradient one
+dot-product GEMM of g against the shifted rows of y (shifted_kernel.gemm_nt). Each worker thread builds a run's
+padded input (and gradient) in its own scratch (~1 MB, in cache for the kernels) -- nothing grid-sized is ever
+allocated. Runs hold at most _RUN_COLS positions.
+
+Fused epilogues (conv_fused_forward / conv_fused_backward, :mod:`.conv`): the bias add and the ReLU happen as
+the forward copies its valid outputs out of a run (``_extract_rows_epilogue``), the bias gradient is summed from
+the run's g on the grid that the weight gradient builds anyway, and ReLU's mask is applied as g is copied onto
+the grid (``_window_masked``), by the weight gradient and by the input gradient.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from .. import shifted_kernel
+from . import threads
+from .common import _c
+from .threads import _run, _sum_parts
+from .workspace import _empty, _scratch
+
+_SHIFTED_MIN_CHANNELS = 8  # below this the sums over channels are too short to pay
+_RUN_COLS = 4096
+
+
+def _shifted(x, C, sh, sw):
+    return (sh == 1 and sw == 1 and C >= _SHIFTED_MIN_CHANNELS and x.dtype in (np.float32, np.float64)
+            and shifted_kernel.available())
+
+
+@njit(nogil=True, cache=True)
+def _window(x, top, left, Hp, Wp, q0, out):
+    # out[c, k] = grid[c, q0 + k] for the grid position q = n*L + r*Wp + s (L = Hp*Wp) holding
+    # x[n, c, r - top, s - left] inside the image and 0 elsewhere (padding, junk, before the first image or
+    # past the last): a grid row at a time, its image part copied as one slice per channel
+    N, C, H, W = x.shape
+    L, length = Hp * Wp, out.shape[1]
+    k = 0
+    while k < length:
+        q = q0 + k
+        n, rem = q // L, q % L
+        h, s = rem // Wp - top, rem % Wp
+        seg = min(Wp - s, length - k)  # to the end of this grid row
+        lo, hi = 0, 0  # the part [lo, hi) of the segment inside the image
+        if 0 <= n < N and 0 <= h < H:
+            lo = min(max(0, left - s), seg)
+            hi = max(lo, min(seg, W + left - s))
+        for c in range(C):
+            out[c, k:k + lo] = 0
+            if hi > lo:
+                out[c, k + lo:k + hi] = x[n, c, h, s + lo - left:s + hi - left]
+            out[c, k + hi:k + seg] = 0
+        k += seg
+
+
+@njit(nogil=True, cache=True)
+def _window_masked(x, y, Hp, Wp, q0, out):
+    # _window(x, 0, 0, Hp, Wp, q0, out) keeping x only where y > 0 (0 elsewhere, as relu_backward): the output
+    # gradient of a conv followed by a ReLU, masked as it is copied onto the grid
+    N, C, H, W = x.shape
+    L, length = Hp * Wp, out.shape[1]
+    k = 0
+    while k < length:
+        q = q0 + k
+        n, rem = q // L, q % L
+        h, s = rem // Wp, rem % Wp
+        seg = min(Wp - s, length - k)  # to the end of this grid row
+        hi = 0  # the part [0, hi) of the segment inside the image
+        if 0 <= n < N and 0 <= h < H:
+            hi = max(0, min(seg, W - s))
+        for c in range(C):
+            if hi > 0:  # (1-D views, a loop from 0: LLVM vectorises it; with 4-D indexing +10 ms per VDSR layer)
+                src, keep, dst = x[n, c, h, s:s + hi], y[n, c, h, s:s + hi], out[c, k:k + hi]
+                for j in range(hi):
+                    dst[j] = src[j] if keep[j] > 0 else 0
+            out[c, k + hi:k + seg] = 0
+        k += seg
+
+
+@njit(nogil=True, cache=True, fastmath={"reassoc"})  # (reassociation lets LLVM vectorise the sums)
+def _add_row_sums(a, out):
+    # out[o] += sum_k a[o, k], summed in float64 (as bias_grad)
+    for o in range(a.shape[0]):
+        acc = 0.0
+        for k in range(a.shape[1]):
+            acc += a[o, k]
+        out[o] += acc
+
+
+@njit(nogil=True, cache=True)
+def _extract_rows_epilogue(part, r0, r1, Hp, Wp, b, relu, out):
+    # _extract_rows(part, r0, r1, Hp, Wp, 0, 0, out) with b[c] added and, when relu, max(., 0) (a NaN passes, as
+    # in relu_forward): the bias add and the ReLU in the forward's output pass
+    N, C, H, W = out.shape
+    for r in range(r0, r1):
+        n, h = r // Hp, r % Hp
+        if h < H:
+            base = (r - r0) * Wp
+            for c in range(C):
+                bc = b[c]
+                if relu:
+                    for w in range(W):
+                        v = part[c, base + w] + bc
+                        out[n, c, h, w] = 0 if v <= 0 else v
+                else:
+                    for w in range(W):
+                        out[n, c, h, w] = part[c, base + w] + bc
+
+
+@njit(nogil=True, cache=True)
+def _extract_rows(part, r0, r1, Hp, Wp, top, left, out):
+    # out[n, c, h, w] = part[c, (r - r0)*Wp + w + left] for the grid rows r = n*Hp + h + top in [r0, r1)
+    N, C, H, W = out.shape
+    for r in range(r0, r1):
+        n, h = r // Hp, r % Hp - top
+        if 0 <= h < H:
+            base = (r - r0) * Wp + left
+            for c in range(C):
+                for w in range(W):
+                    out[n, c, h, w] = part[c, base + w]
+
+
+class _Grid:
+    """The padded position grid of one shifted conv: image n's padded pixel (r, s) is position
+    q = n*L + r*Wp + s, L = Hp*Wp, and so is the output (i, j) whose windows start there."""
+
+    def __init__(self, x_shape, kh, kw, ph, pw):
+        self.N, self.C, H, W = x_shape
+        self.Hp, self.Wp = H + 2 * ph, W + 2 * pw
+        self.Ho, self.Wo = self.Hp - kh + 1, self.Wp - kw + 1
+        self.slack = (kh - 1) * self.Wp + kw - 1  # the last shift reads this far past a run
+        self.offsets = [u * self.Wp + v for u in range(kh) for v in range(kw)]  # of shift (u, v), row-major
+
+    def row_runs(self):
+        """[(r0, r1)]: runs of grid rows (row r = n*Hp + i) of (nearly) equal length, at most _RUN_COLS
+        positions, a multiple of the thread count of them (at least two per thread when there are enough rows),
+        so that the threads' shares are equal."""
+        total, T = self.N * self.Hp, threads._threads(blas=False)
+        runs = max(-(-total // max(1, _RUN_COLS // self.Wp)), 2 * T)
+        runs = min(total, -(-runs // T) * T)
+        return [(total * k // runs, total * (k + 1) // runs) for k in range(runs)]
+
+
+def _conv_forward_shifted(x, w2, kh, kw, ph, pw, b=None, relu=False):
+    """conv_forward; with b (O,) and/or relu, + b[o] and max(., 0) as the outputs are copied out (fused)."""
+    G = _Grid(x.shape, kh, kw, ph, pw)
+    O, C = w2.shape[0], G.C
+    MB, TILE = shifted_kernel.block_shape(x.dtype)
+    taps = shifted_kernel.pack(w2.reshape(O, C, kh * kw).transpose(2, 0, 1), MB)  # w[:, :, u, v] per shift
+    offsets = np.array(G.offsets, np.int64)
+    out = _empty((G.N, O, G.Ho * G.Wo), x.dtype)
+    out4 = out.reshape(G.N, O, G.Ho, G.Wo)
+    epilogue = b is not None or relu
+    bias = np.zeros(O, x.dtype) if b is None else np.ascontiguousarray(b, dtype=x.dtype)
+
+    def work(t, share):
+        for r0, r1 in share:  # the run's padded input, its outputs, then the valid ones into out
+            q0, tiles = r0 * G.Wp, -(-(r1 - r0) * G.Wp // TILE)
+            y = _scratch(t, "y", (C, tiles * TILE + G.slack), x.dtype)
+            _window(x, ph, pw, G.Hp, G.Wp, q0, y)
+            part = _scratch(t, "out", (O, tiles * TILE), x.dtype)
+            shifted_kernel.shifted_gemm(taps, y, offsets, part, tiles)  # part[:, q] = sum_k w_k @ y[:, q + offset_k]
+            if epilogue:
+                _extract_rows_epilogue(part, r0, r1, G.Hp, G.Wp, bias, relu, out4)
+            else:
+                _extract_rows(part, r0, r1, G.Hp, G.Wp, 0, 0, out4)
+
+    _run(G.row_runs(), work, blas=False)  # (our kernels: no BLAS calls)
+    return out
+
+
+def _conv_weight_grad_shifted(g, x, kh, kw, ph, pw, y=None, bias=False):
+    """(dw2, db): the weight gradient, and with bias the bias gradient summed from the same copies of g (else
+    None); with y (N, O, Ho*Wo), g masked by y > 0 as it is copied (ReLU's backward, fused)."""
+    # dw[o, c, u, v] = sum_q g[o, q] * y[c, q + offset(u, v)] over the grid positions q of every run: per run
+    # ONE dot-product GEMM, g on the grid (O x positions) against the C * kh * kw rows of y starting at
+    # c * (row length) + offset(u, v) -- which come out in w's own (O, C, kh, kw) order.
+    G = _Grid(x.shape, kh, kw, ph, pw)
+    O, C = g.shape[1], G.C
+    VW = shifted_kernel.dot_shape(x.dtype)[2]
+    g4 = _c(g).reshape(G.N, O, G.Ho, G.Wo)
+    y4 = None if y is None else _c(y).reshape(G.N, O, G.Ho, G.Wo)
+    offsets = np.array(G.offsets, np.int64)
+    parts, db_parts = {}, {}
+
+    def work(t, share):
+        acc = parts[t] = np.zeros((O, C * kh * kw), x.dtype)
+        db = db_parts[t] = np.zeros(O, np.float64) if bias else None
+        for r0, r1 in share:
+            q0, cnt = r0 * G.Wp, (r1 - r0) * G.Wp
+            span = -(-cnt // VW) * VW  # whole vectors: g is 0 past the run
+            y = _scratch(t, "y", (C, span + G.slack), x.dtype)
+            _window(x, ph, pw, G.Hp, G.Wp, q0, y)
+            gr = _scratch(t, "g", (O, span), x.dtype)
+            if y4 is None:
+                _window(g4, 0, 0, G.Hp, G.Wp, q0, gr)  # g on the grid, 0 at junk positions
+            else:
+                _window_masked(g4, y4, G.Hp, G.Wp, q0, gr)  # the same, times [y > 0]
+            gr[:, cnt:] = 0
+            if bias:
+                _add_row_sums(gr, db)
+            rows = (np.arange(C)[:, None] * y.shape[1] + offsets).reshape(-1)
+            shifted_kernel.gemm_nt(gr, y.reshape(-1), rows, acc)
+
+    _run(G.row_runs(), work, blas=False)  # (our kernels: no BLAS calls)
+    return _sum_parts(parts), (_sum_parts(db_parts).astype(x.dtype) if bias else None)
+
+
+def _conv_input_grad_shifted(w2, g, x_shape, kh, kw, ph, pw, y=None):
+    """conv_input_grad; with y (N, O, Ho*Wo), g masked by y > 0 as it is copied (ReLU's backward, fused)."""
+    # The forward's adjoint, as a gather: position q of the padded input's gradient collects
+    #     dy[:, q] = sum_k w_k^T @ g[:, q - offset_k]
+    # so each run of grid rows reads g from `slack` positions before its start (0 before the first image).
+    G = _Grid(x_shape, kh, kw, ph, pw)
+    O, C = w2.shape[0], G.C
+    MB, TILE = shifted_kernel.block_shape(g.dtype)
+    taps = shifted_kernel.pack(w2.reshape(O, C, kh * kw).transpose(2, 1, 0), MB)  # w[:, :, u, v]^T per shift
+    offsets = np.array([G.slack - off for off in G.offsets], np.int64)
+    g4 = _c(g).reshape(G.N, O, G.Ho, G.Wo)
+    y4 = None if y is None else _c(y).reshape(G.N, O, G.Ho, G.Wo)
+    dx = _empty(x_shape, g.dtype)
+
+    def work(t, share):
+        for r0, r1 in share:
+            q0, tiles = r0 * G.Wp, -(-(r1 - r0) * G.Wp // TILE)
+            gr = _scratch(t, "g", (O, G.slack + tiles * TILE), g.dtype)
+            if y4 is None:
+                _window(g4, 0, 0, G.Hp, G.Wp, q0 - G.slack, gr)  # g on the grid, 0 at junk positions
+            else:
+                _window_masked(g4, y4, G.Hp, G.Wp, q0 - G.slack, gr)  # the same, times [y > 0]
+            dy = _scratch(t, "dy", (C, tiles * TILE), g.dtype)
+            shifted_kernel.shifted_gemm(taps, gr, offsets, dy, tiles)
+            _extract_rows(dy, r0, r1, G.Hp, G.Wp, ph, pw, dx)
+
+    _run(G.row_runs(), work, blas=False)  # (our kernels: no BLAS calls)
+    return dx
