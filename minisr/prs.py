@@ -449,7 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", metavar="DIR", help="classifier cache (default $MINISR_CACHE or ~/.cache/minisr)")
     p.add_argument("--retrain", action="store_true", help="train the classifier again even if it is cached")
     p.add_argument("--device", default="cpu", help="device of the SR models (default cpu)")
-    return p
+    from . import cli_checks
+
+    return cli_checks.validated(p, cli_checks.PRS)
 
 
 def main(argv=None) -> int:
@@ -457,10 +459,6 @@ def main(argv=None) -> int:
     models = args.model or [f"srcnn-x{args.scale}"]
     chart = Path(args.chart or f"prs-x{args.scale}.png")
     try:
-        if args.epochs < 1:
-            raise PRSError(f"--epochs {args.epochs}: must be at least 1")
-        if args.limit is not None and args.limit < 2:
-            raise PRSError(f"--limit {args.limit}: must be at least 2")
         for opt, out in (("--chart", chart), ("--examples", args.examples)):
             if out is None:
                 continue

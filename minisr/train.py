@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from . import backends, checkpoint, models
+from . import backends, checkpoint, cli_checks, models
 from . import functional as F
 from . import optim as O
 from . import random as mrandom
@@ -597,7 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-blocks", type=int, help="srresnet residual blocks (default 16)")
     p.add_argument("--n-feats", type=int)
     p.add_argument("--res-scale", type=float)
-    return p
+    return cli_checks.validated(p, cli_checks.TRAIN)  # every value's range, in one place
 
 
 def config_from_args(args) -> Config:
@@ -663,8 +663,7 @@ def _out_dir(cfg: Config) -> Path:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.model is None and not args.resume:
-        parser.error("the model (srcnn, vdsr or edsr) is required, unless you --resume a run")
+    cli_checks.check_train(parser, args, RECIPES)  # combinations of options
     try:
         resume = None
         if args.resume:

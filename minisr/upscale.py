@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from . import cli_checks
 from .data import IMAGE_EXTENSIONS, ImageReadError, imresize, list_images, read_image, write_image
 from .metrics import psnr
 from .upscalers import make_upscaler
@@ -99,15 +100,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HR image (or folder of HR images with the same names); for a video, no value: "
                         "also write OUT_compare (bicubic | SR side by side), or the file name given")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--tile", type=int, default=192, help="tile size in input pixels (memory bound)")
+    p.add_argument("--tile", type=int, default=None, help="tile size in input pixels (default 192, or chosen by "
+                                                         "--max-memory)")
+    p.add_argument("--max-memory", type=cli_checks.memory_size, metavar="SIZE",
+                   help="memory budget of the model's activations, e.g. 500M or 2G: the largest tile that fits")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files (never the inputs)")
     p.add_argument("--ensemble", action="store_true",
                    help="x8 self-ensemble: average the 8 flips / rotations (EDSR's '+'; 8 times slower)")
-    return p
+    return cli_checks.validated(p, cli_checks.UPSCALE)
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    cli_checks.check_upscale(parser, args)
+    if args.tile is None and args.max_memory is None:
+        args.tile = 192
     from . import video  # videos (any FFmpeg container, through PyAV): minisr/video.py
 
     if video.is_video_job(args):

@@ -41,7 +41,10 @@ def argv(model, data, out, *extra):
 
 
 def run_main(capsys, args):
-    code = train.main(args)
+    try:
+        code = train.main(args)
+    except SystemExit as stop:  # a value refused at parse time (minisr.cli_checks): exit code 2, one line
+        code = stop.code
     out = capsys.readouterr()
     return code, out.out, out.err
 
@@ -265,7 +268,7 @@ def test_cli_errors(data, tmp_path, capsys, case):
     }[case]
     code, _, err = run_main(capsys, args)
     assert code == 2
-    expected = {"patch": "--patch 16", "data": "no training patches", "scale": "scale 5",
+    expected = {"patch": "--patch 16", "data": "no training patches", "scale": "--scale: '5'",
                 "vdsr-features": "one number"}[case]
     assert err.startswith("error: ") and expected in err
     assert not (out / "last.npz").exists()
