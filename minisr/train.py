@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from . import backends, checkpoint, cli_checks, models
+from . import backends, checkpoint, cli_checks, models, runlock
 from . import functional as F
 from . import optim as O
 from . import random as mrandom
@@ -247,6 +247,10 @@ def freeze_except(model, prefixes: str) -> None:
         p.requires_grad = kept(n)
 
 
+class CheckpointWriteError(RuntimeError):
+    """Saving a checkpoint failed (e.g. a full disk); the previous checkpoint of that name is kept."""
+
+
 class Trainer:
     """One training run: model, optimizer, data, the loop, validation, checkpoints and history."""
 
@@ -312,7 +316,12 @@ class Trainer:
                     rng_state=mrandom.generator().bit_generator.state)
 
     def save(self, name: str) -> Path:
-        return checkpoint.save(self.out / name, self.model.state_dict(), self.meta(), self.optimizer.state_dict())
+        try:
+            return checkpoint.save(self.out / name, self.model.state_dict(), self.meta(), self.optimizer.state_dict())
+        except OSError as err:  # a full disk, a quota, a folder gone: the previous file is untouched (atomic write)
+            kept = f"the previous {self.out / name} is intact" if (self.out / name).is_file() else "nothing was saved"
+            raise CheckpointWriteError(f"could not save {self.out / name} at step {self.step}: "
+                                       f"{err.strerror or err}; {kept}") from err
 
     def _restore(self, ckpt: dict) -> None:
         meta = ckpt["meta"]
@@ -664,6 +673,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     cli_checks.check_train(parser, args, RECIPES)  # combinations of options
+    lock = None
     try:
         resume = None
         if args.resume:
@@ -688,11 +698,27 @@ def main(argv=None) -> int:
         if cfg.backend:
             backends.set_backend(cfg.backend)
         out.mkdir(parents=True, exist_ok=True)
+        lock = runlock.RunLock(out).acquire()  # one run per folder; held until this process ends
+        runlock.cleanup_partial_files(out)  # temporary files of a run killed mid-write
         trainer = Trainer(cfg, out, resume)
     except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
+        if lock is not None:
+            lock.release()
         return 2
+    try:
+        return _train(trainer, cfg, out)
+    except OSError as e:  # a full disk while writing the history or the curves (checkpoints: CheckpointWriteError)
+        print(f"\nerror: could not write to {out}: {e}", file=sys.stderr)
+        return 1
+    except CheckpointWriteError as e:
+        print(f"\nerror: {e}", file=sys.stderr)
+        return 1
+    finally:
+        lock.release()
 
+
+def _train(trainer: Trainer, cfg: Config, out: Path) -> int:
     from .eval import evaluate
 
     trainer.bicubic_psnr = evaluate(bicubic_upscaler(cfg.scale), trainer.val, cfg.scale,

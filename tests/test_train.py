@@ -76,7 +76,8 @@ def test_cli_smoke_run(data, tmp_path, capsys, model):
     out = tmp_path / "run"
     code, stdout, err = run_main(capsys, argv(model, data, out, "--epochs", "1", "--steps", "3"))
     assert code == 0, err
-    assert sorted(p.name for p in out.iterdir()) == ["best.npz", "curves.png", "history.csv", "last.npz"]
+    assert sorted(p.name for p in out.iterdir()) == [".minisr-train.lock", "best.npz", "curves.png", "history.csv",
+                                                     "last.npz"]  # the lock: minisr/runlock.py
     rows = read_history(out)
     assert [(r["epoch"], r["step"]) for r in rows] == [("1", "3")]
     assert math.isfinite(float(rows[0]["loss"])) and math.isfinite(float(rows[0]["val_psnr"]))
