@@ -41,6 +41,15 @@ def _c(a):
     return np.ascontiguousarray(a)
 
 
+def _floats(op, *arrays):
+    """The compiled conv kernels take float32 or float64 arrays, all of one dtype: anything else is refused here
+    (found by tests/test_fuzz_kernels.py: float16 failed inside Numba's typing, mixed dtypes were silently cast or
+    stopped by the shifted kernel's bounds check with a misleading message)."""
+    dts = [a.dtype for a in arrays]
+    if dts[0] not in (np.float32, np.float64) or any(d != dts[0] for d in dts):
+        raise TypeError(f"numba {op}: needs float32 or float64 arrays of one dtype, got {', '.join(map(str, dts))}")
+
+
 def _inplace_ok(*arrays):
     """In-place kernels work on flat views; a non-contiguous array would be reshaped into a copy and the
     update lost, so such (rare) arrays go to the NumPy reference instead."""
@@ -163,6 +172,7 @@ def _im2col(x, kh, kw, sh, sw, ph, pw, Ho, Wo, cols):
 
 
 def im2col(x, kh, kw, sh, sw, ph, pw):
+    _floats("im2col", x)
     N, C, H, W = x.shape
     Ho, Wo = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
     cols = _empty((N, C * kh * kw, Ho * Wo), x.dtype)
@@ -182,6 +192,7 @@ def _col2im(cols, kh, kw, sh, sw, ph, pw, Ho, Wo, dx):
 
 
 def col2im(cols, x_shape, kh, kw, sh, sw, ph, pw):
+    _floats("col2im", cols)
     N, C, H, W = x_shape
     Ho, Wo = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
     dx = _empty((N, C, H, W), cols.dtype)
@@ -551,6 +562,7 @@ def _conv_input_grad_shifted(w2, g, x_shape, kh, kw, ph, pw):
 
 
 def conv_forward(x, w2, kh, kw, sh, sw, ph, pw):
+    _floats("conv_forward", x, w2)
     x, w2 = _c(x), _c(w2)
     N, C, H, W = x.shape
     if _winograd.use(C, w2.shape[0], kh, kw, sh, sw, ph, pw, x.dtype):  # 3x3 stride 1: F(2x2, 3x3)
@@ -571,6 +583,7 @@ def conv_forward(x, w2, kh, kw, sh, sw, ph, pw):
 
 
 def conv_weight_grad(g, x, kh, kw, sh, sw, ph, pw):
+    _floats("conv_weight_grad", g, x)
     g, x = _c(g), _c(x)
     N, C, H, W = x.shape
     if _winograd.use(C, g.shape[1], kh, kw, sh, sw, ph, pw, x.dtype, "weight_grad"):
@@ -592,6 +605,7 @@ def conv_weight_grad(g, x, kh, kw, sh, sw, ph, pw):
 
 
 def conv_input_grad(w2, g, x_shape, kh, kw, sh, sw, ph, pw):
+    _floats("conv_input_grad", w2, g)
     w2, g = _c(w2), _c(g)
     N, C, H, W = x_shape
     if _winograd.use(C, w2.shape[0], kh, kw, sh, sw, ph, pw, g.dtype, "input_grad"):
