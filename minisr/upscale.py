@@ -135,7 +135,11 @@ def main(argv=None) -> int:
             scale = int(meta.get("scale", 2))
         if scale < 2:
             raise ValueError(f"--scale must be >= 2, got {scale}")
-        upscaler = make_upscaler(args.model, scale, device=args.device, tile=args.tile, ensemble=args.ensemble)
+        upscaler = make_upscaler(args.model, scale, device=args.device, tile=args.tile, ensemble=args.ensemble,
+                                 max_memory=args.max_memory)
+        if args.max_memory is not None and hasattr(getattr(upscaler, "upscaler", upscaler), "tile"):
+            print(f"--max-memory {args.max_memory / 2 ** 20:.0f}M: tiles of "
+                  f"{getattr(upscaler, 'upscaler', upscaler).tile} pixels", file=sys.stderr)
         outs = _outputs(files, Path(args.output), scale)
         compares = [_compare_path(d) for d in outs] if args.compare else []
         _check_outputs(files, outs + compares, args.overwrite)
