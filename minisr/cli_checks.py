@@ -225,7 +225,7 @@ def check_train(parser, args, recipes: dict) -> None:
                      "give one of them")
     if args.resume:
         return  # the run's own configuration; train.main checks --model/--scale against it
-    model_cfg = recipes[args.model]["model"]
+    model_cfg = recipes[args.model].get("model", {})
     for dest, key in _MODEL_OPTIONS.items():
         value = getattr(args, dest, None)
         if value in (None, False):
@@ -233,7 +233,7 @@ def check_train(parser, args, recipes: dict) -> None:
         takes = args.model in _CHANNEL_MODELS if dest == "channels" else key in model_cfg
         if not takes:
             users = [m for m, r in sorted(recipes.items())
-                     if (m in _CHANNEL_MODELS if dest == "channels" else key in r["model"])]
+                     if (m in _CHANNEL_MODELS if dest == "channels" else key in r.get("model", {}))]
             fail(parser, f"{_flag(dest)} does not apply to {args.model} (it is an option of {', '.join(users)})")
     if args.scales and args.model not in ("srcnn", "vdsr"):
         fail(parser, f"--scales {','.join(map(str, args.scales))}: {args.model} enlarges by itself, one scale per "
