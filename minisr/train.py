@@ -528,7 +528,9 @@ def plot_curves(history, path, bicubic=None, title=""):
     b.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    from .atomic import save_figure
+
+    save_figure(fig, path, dpi=100)  # a temporary name, renamed: a full disk leaves no partial curves.png
     plt.close(fig)
 
 

@@ -83,11 +83,12 @@ def compare_figure(path, lr, sr, hr, scale: int, name: str = "") -> Path:
         ax.axis("off")
     fig.suptitle(f"{name} x{scale} (centre crop)")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    from .atomic import save_figure
+
+    try:
+        return save_figure(fig, path, dpi=100)  # a temporary name, renamed: no partial PNG
+    finally:
+        plt.close(fig)
 
 
 def build_parser() -> argparse.ArgumentParser:
