@@ -108,13 +108,14 @@ def _empty_workspace() -> None:
 def activation_bytes(model: nn.Module, side: int) -> int:
     """The peak memory (bytes) one inference forward of ``model`` takes on a ``side`` x ``side`` input, beyond what
     was allocated before: measured with ``tracemalloc``, which sees NumPy's buffers (the activations, the numba
-    backend's workspace), after a warm-up run and with the workspace cache emptied, so that it counts what a tile
-    of that size needs. CPU only (a GPU's memory is not traced)."""
+    backend's workspace), after a small warm-up run (compiling the kernels) and with the workspace cache emptied,
+    so that it counts what a tile of that size needs. CPU only (a GPU's memory is not traced)."""
     import tracemalloc
 
     x = np.random.default_rng(0).random((1, model.in_channels, side, side)).astype(np.float32)
     with no_grad():
-        model(Tensor(x))  # warm-up: compiled kernels, per-thread scratch
+        small = min(side, 16 + 2 * model.border)
+        model(Tensor(np.ascontiguousarray(x[:, :, :small, :small])))  # warm-up: the kernels compiled (not counted)
         _empty_workspace()
         was_tracing = tracemalloc.is_tracing()
         if not was_tracing:
