@@ -215,14 +215,17 @@ class Upscaler:
             ycc[..., 0] = self._net(np.clip(y_in, 0, 255) / 255.0)[..., 0] * 255.0
             return ycbcr_to_rgb(ycc)
         gray = img.ndim == 2
-        rgb = np.clip(np.repeat(net_in[..., None], 3, axis=2) if gray else net_in, 0, 255)
-        rgb /= 255.0  # (in place, as every step below: one whole-image array at a time, not three)
-        out = self._net(rgb)
-        del rgb
+        out = self._rgb_net(np.repeat(net_in[..., None], 3, axis=2) if gray else net_in)
         out64 = out.astype(np.float64)
         del out
         out64 *= 255.0
         return out64.mean(axis=2) if gray else out64
+
+    def _rgb_net(self, rgb: np.ndarray) -> np.ndarray:
+        """An RGB model on HxWx3 float64 [0, 255] (clipped, / 255): its float32 output, before the * 255."""
+        rgb = np.clip(rgb, 0, 255)
+        rgb /= 255.0  # (in place, as every step here: one whole-image array at a time, not three)
+        return self._net(rgb)
 
     def upscale_float(self, lr: np.ndarray) -> np.ndarray:
         """The SR image before rounding: float64 on [0, 255] (what the self-ensemble averages)."""
@@ -234,7 +237,21 @@ class Upscaler:
         return out
 
     def __call__(self, lr: np.ndarray) -> np.ndarray:
-        return _round_uint8_rows(self.upscale_float(lr))
+        img = _check_uint8(lr, "Upscaler")
+        m = self.model
+        if self.passes == 1 and img.ndim == 3 and m.in_channels == 3 and not m.upsample_input:
+            # EDSR-like on a colour image: the float32 output converted to float64, scaled, clipped and rounded a
+            # band of rows at a time -- the same operations as upscale_float + round_uint8, without the whole
+            # float64 output (800 MB for a 4K x2 image)
+            out = self._rgb_net(img.astype(np.float64))
+            sr = np.empty(out.shape, np.uint8)
+            for r0 in range(0, out.shape[0], 256):
+                band = out[r0:r0 + 256].astype(np.float64)
+                band *= 255.0
+                np.clip(band, 0, 255, out=band)
+                sr[r0:r0 + 256] = round_uint8(band)
+            return sr
+        return _round_uint8_rows(self.upscale_float(img))
 
 
 def _round_uint8_rows(x: np.ndarray, rows: int = 256) -> np.ndarray:
