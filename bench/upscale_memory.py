@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 CASES = {  # name: (model, config, scale, (width, height), channels)
     "edsr-4k": ("edsr", dict(scale=2, n_resblocks=16, n_feats=64, res_scale=1.0), 2, (3840, 2160), 3),
     "vdsr-12mp": ("vdsr", dict(depth=20, features=64), 2, (4000, 3000), 3),
+    "vdsr-2mp": ("vdsr", dict(depth=20, features=64), 2, (1600, 1200), 3),  # 1/6 of the pixels: 6x less time
     "small": ("edsr", dict(scale=2, n_resblocks=2, n_feats=64, res_scale=1.0), 2, (320, 240), 3),
 }
 
