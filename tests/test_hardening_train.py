@@ -16,11 +16,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minisr import checkpoint, runlock, train
+from minisr import backends, checkpoint, runlock, train
 from minisr.data import imresize, write_image
 
 TINY = ["--features", "8,4", "--patch", "20", "--stride", "10", "--batch-size", "4", "--backend", "numpy"]
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), MPLBACKEND="Agg")
+
+
+@pytest.fixture(autouse=True)
+def _keep_the_cpu_backend():
+    """train.main(--backend numpy) sets the process's CPU backend: put it back for the tests that follow."""
+    before = backends.cpu_backend_name()
+    yield
+    backends.set_backend(before)
 
 
 @pytest.fixture(scope="module")
