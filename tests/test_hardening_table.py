@@ -120,6 +120,7 @@ MODULES = {"train": "minisr.train", "upscale": "minisr.upscale", "eval": "minisr
 def run_case(case, tmp_path, capsys, monkeypatch):
     cls, cli, argv, make, fragment, code = case
     monkeypatch.delenv("MINISR_MAX_PIXELS", raising=False)
+    monkeypatch.setattr("minisr.data.io._alpha_warned", False)  # (warned once per process: leave it as it was)
     src = tmp_path / "in.png"
     if make is not None:
         make(src)
