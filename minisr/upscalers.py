@@ -209,11 +209,11 @@ class Upscaler:
         if m.in_channels == 1:
             if img.ndim == 2:  # greyscale is its own luminance
                 return self._net(np.clip(net_in, 0, 255)[..., None] / 255.0)[..., 0].astype(np.float64) * 255.0
-            ycc = _by_rows(rgb_to_ycbcr, up)
+            ycc = _by_rows(rgb_to_ycbcr, up, out=up)  # (in place: the enlarged RGB image becomes its YCbCr)
             y_in = ycc[..., :1] if m.upsample_input else rgb_to_ycbcr(img)[..., :1]
-            del up, net_in  # (the enlarged RGB image: one whole float64 image less while the network runs)
+            del up, net_in
             ycc[..., 0] = self._net(np.clip(y_in, 0, 255) / 255.0)[..., 0] * 255.0
-            return _by_rows(ycbcr_to_rgb, ycc)
+            return _by_rows(ycbcr_to_rgb, ycc, out=ycc)
         gray = img.ndim == 2
         out = self._rgb_net(np.repeat(net_in[..., None], 3, axis=2) if gray else net_in)
         out64 = out.astype(np.float64)
@@ -254,10 +254,11 @@ class Upscaler:
         return _round_uint8_rows(self.upscale_float(img))
 
 
-def _by_rows(fn, x: np.ndarray, rows: int = 256) -> np.ndarray:
-    """``fn(x)`` for a per-pixel ``fn`` (the colour conversions), a band of rows at a time into one float64 array:
-    the same values without fn's whole-image temporaries (four of them, 1.1 GB each for a 48-megapixel output)."""
-    out = np.empty(x.shape, np.float64)
+def _by_rows(fn, x: np.ndarray, rows: int = 256, out: np.ndarray | None = None) -> np.ndarray:
+    """``fn(x)`` for a per-pixel ``fn`` (the colour conversions), a band of rows at a time into one float64 array
+    (``out``, which may be x itself): the same values without fn's whole-image temporaries (four of them, 1.1 GB
+    each for a 48-megapixel output)."""
+    out = np.empty(x.shape, np.float64) if out is None else out
     for r0 in range(0, x.shape[0], rows):
         out[r0:r0 + rows] = fn(x[r0:r0 + rows])
     return out
