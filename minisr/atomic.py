@@ -38,3 +38,23 @@ def fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def save_figure(fig, path, close: bool = False, **savefig_kw) -> Path:
+    """``fig.savefig(path)`` written whole: to a temporary name beside ``path`` (same extension, so matplotlib picks
+    the format), then renamed; nothing is left under either name if it fails. ``close``: close the figure after."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = create_beside(path, suffix=path.suffix or ".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, **savefig_kw)
+        os.replace(tmp, path)
+    finally:
+        if close:
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

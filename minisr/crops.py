@@ -150,7 +150,7 @@ def plot(result, path) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    from .gan import _save_png
+    from .atomic import save_figure
 
     rows, size = result["crops"], result["size"]
     ncol = 2 + max(len(r["results"]) for r in rows)
@@ -169,7 +169,7 @@ def plot(result, path) -> Path:
             ax.axis("off")
     fig.suptitle(f"x{result['scale']}: {size}x{size} HR crops; PSNR / SSIM of the crop (Y channel)", fontsize=10)
     fig.tight_layout()
-    return _save_png(fig, Path(path))
+    return save_figure(fig, Path(path), close=True, dpi=100)
 
 
 def to_json(result) -> dict:

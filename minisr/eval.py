@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from minisr import cli_checks
 from minisr.data import (
     DatasetNotFoundError,
     ImageReadError,
@@ -120,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="--table: where table.md, table.png and results.json go (default ./paper-table)")
     parser.add_argument("--models", help="--table: comma-separated shipped names or checkpoints (default: all)")
     parser.add_argument("--datasets", help="--table: comma-separated benchmarks (default: all under the data root)")
-    return parser
+    return cli_checks.validated(parser, cli_checks.EVAL)
 
 
 def main(argv=None) -> int:
@@ -130,9 +131,7 @@ def main(argv=None) -> int:
         from minisr import report  # the table is built on evaluate() above
 
         return report.main(args=args)
-    missing = [f"--{k}" for k in ("model", "dataset", "scale") if getattr(args, k) is None]
-    if missing:
-        parser.error(f"{', '.join(missing)} required (or --table)")
+    cli_checks.check_eval(parser, args)
     tag = ("bicubic" if args.model == "bicubic" else Path(args.model).stem) + ("+" if args.ensemble else "")
     try:
         upscaler = load_upscaler(args.model, args.scale, device=args.device, ensemble=args.ensemble)

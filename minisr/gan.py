@@ -36,25 +36,23 @@ steps; ``curves.png`` shows both losses, D's accuracies and the validation PSNR 
 from __future__ import annotations
 
 import argparse
-import csv
 import math
-import os
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from . import backends, checkpoint, models
+from . import cli_checks, models
 from . import functional as F
 from . import optim as O
 from . import train as T
-from .atomic import create_beside
+from .atomic import save_figure
 from .tensor import Tensor
 
-__all__ = ["GANConfig", "GANTrainer", "FailureDetector", "adversarial_step", "batch_spread", "wants", "main"]
+__all__ = ["GANConfig", "GANTrainer", "FailureDetector", "adversarial_step", "batch_spread", "wants", "build_parser",
+           "config_from_args"]
 
 
 @dataclass
@@ -188,6 +186,8 @@ class GANTrainer(T.Trainer):
     """:class:`minisr.train.Trainer` with SRGAN's step: the generator is ``self.model`` (``loss`` in its history is
     the generator's total loss), the discriminator ``self.disc`` with its optimizer ``self.disc_optimizer``."""
 
+    HISTORY_KEYS = HISTORY_KEYS
+
     def __init__(self, cfg: GANConfig, out_dir: Path, resume: dict | None = None):
         self._resuming = resume is not None
         super().__init__(cfg, out_dir, None)  # seeds, builds G (+ --init), its optimizer, the data
@@ -205,6 +205,25 @@ class GANTrainer(T.Trainer):
         self._samples = None
         if resume is not None:
             self._restore(resume)
+        elif not cfg.init:
+            self.notes.append("note: no --init: the generator starts from random weights (SRGAN fine-tunes a trained "
+                              "SRResNet: --init srresnet-x4 or a checkpoint)")
+
+    def start_message(self) -> str:
+        cfg = self.cfg
+        return (f"training SRGAN x{cfg.scale}: generator {self.model.num_parameters():,} parameters, discriminator "
+                f"{self.disc.num_parameters():,}; on {cfg.data}: {len(self.data)} patches/epoch, {cfg.epochs} "
+                f"epochs, batch {cfg.batch_size}, Adam lr G {cfg.lr} D {cfg.d_lr or cfg.lr}, content {cfg.loss} + "
+                f"{cfg.adv_weight:g} x adversarial; outputs in {self.out}")
+
+    def end_message(self, result: dict, minutes: float) -> str:
+        final = result["history"][-1]["val_psnr"] if result["history"] else float("nan")
+        out = self.out
+        return (f"done in {minutes:.1f} min: validation PSNR {final:.2f} dB (best {result['best_psnr']:.2f} dB) vs "
+                f"bicubic {self.bicubic_psnr:.2f} dB, Y channel, border {self.cfg.scale} (SRGAN trades PSNR for "
+                f"texture: look at {out / 'crops'})\n"
+                f"outputs: {out / 'best.npz'} (best validation PSNR), {out / 'last.npz'}, {out / 'history.csv'}, "
+                f"{out / 'curves.png'}, {out / 'crops'}")
 
     def _init_from(self, spec: str) -> None:
         """``--init``: an SRResNet (or SRGAN) generator of the same config and scale."""
@@ -227,10 +246,8 @@ class GANTrainer(T.Trainer):
                           epoch_alerts=self.epoch_alerts))
         return m
 
-    def save(self, name: str) -> Path:
-        return checkpoint.save(self.out / name, self.model.state_dict(), self.meta(), self.optimizer.state_dict(),
-                               groups={"disc": self.disc.state_dict(),
-                                       "disc_optim": self.disc_optimizer.state_dict()})
+    def checkpoint_groups(self) -> dict:
+        return {"disc": self.disc.state_dict(), "disc_optim": self.disc_optimizer.state_dict()}
 
     def _restore(self, ckpt: dict) -> None:
         if not hasattr(self, "disc"):  # Trainer.__init__ calls this only with resume, which GANTrainer keeps back
@@ -310,15 +327,7 @@ class GANTrainer(T.Trainer):
         self.write_history()
 
     # --------------------------------------------------------------------------------------------- reports
-    def write_history(self) -> None:
-        path = self.out / "history.csv"
-        tmp = path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=HISTORY_KEYS)
-            w.writeheader()
-            for row in self.history:
-                w.writerow({k: row.get(k) for k in HISTORY_KEYS})
-        os.replace(tmp, path)
+    def plot_curves(self) -> None:
         plot_gan_curves(self.history, self.out / "curves.png", self.bicubic_psnr,
                         title=f"SRGAN x{self.cfg.scale} (adversarial weight {self.cfg.adv_weight:g})")
 
@@ -359,21 +368,6 @@ class GANTrainer(T.Trainer):
         return plot_crops(rows, self.out / "crops" / f"step_{step:06d}.png", f"SRGAN x{s}, step {step}")
 
 
-def _save_png(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = create_beside(path, suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
 
 def plot_crops(rows, path, title: str = "") -> Path:
     """A grid: one row per (name, lr, bicubic, sr, hr) of uint8 images."""
@@ -394,7 +388,7 @@ def plot_crops(rows, path, title: str = "") -> Path:
             ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout()
-    return _save_png(fig, Path(path))
+    return save_figure(fig, Path(path), close=True, dpi=100)
 
 
 def plot_gan_curves(history, path, bicubic=None, title="") -> Path:
@@ -423,7 +417,7 @@ def plot_gan_curves(history, path, bicubic=None, title="") -> Path:
     c.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    return _save_png(fig, Path(path))
+    return save_figure(fig, Path(path), close=True, dpi=100)
 
 
 # ---------------------------------------------------------------------------------------------------------- CLI
@@ -466,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "'collapse' (0.1)")
     g.add_argument("--stop-on-failure", action="store_true",
                    help="stop (code 3, last good checkpoint kept) when D wins or the outputs collapse, not only on NaN")
-    return p
+    return cli_checks.validated(p, cli_checks.SRGAN)
 
 
 GAN_ARGS = ("adv_weight", "d_lr", "d_feats", "d_fc", "crops_every", "fail_window", "d_win_loss", "collapse_ratio")
@@ -482,69 +476,3 @@ def config_from_args(args) -> GANConfig:
             setattr(cfg, k, getattr(args, k))
     cfg.stop_on_failure = bool(args.stop_on_failure)
     return cfg
-
-
-def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        resume = None
-        if args.resume:
-            resume = checkpoint.load(args.resume)
-            tc = resume["meta"].get("train_config")
-            if not tc or tc.get("model") != "srgan":
-                raise ValueError(f"{args.resume} is not an srgan training checkpoint: cannot resume it as one")
-            cfg = GANConfig(**tc)
-            if args.scale and args.scale != cfg.scale:
-                raise ValueError(f"{args.resume} is an srgan x{cfg.scale} run, not x{args.scale}: --resume continues "
-                                 "a run as it was started")
-            if args.epochs:
-                cfg.epochs = args.epochs
-            cfg.max_steps = args.max_steps
-            out = Path(args.out) if args.out else Path(args.resume).parent
-            cfg.out = str(out)
-        else:
-            if args.model != "srgan":
-                raise ValueError(f"minisr.gan trains srgan, not {args.model}")
-            cfg = config_from_args(args)
-            out = T._out_dir(cfg)
-        if cfg.backend:
-            backends.set_backend(cfg.backend)
-        out.mkdir(parents=True, exist_ok=True)
-        trainer = GANTrainer(cfg, out, resume)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-    from .eval import evaluate
-    from .upscalers import bicubic_upscaler
-
-    trainer.bicubic_psnr = evaluate(bicubic_upscaler(cfg.scale), trainer.val, cfg.scale,
-                                    data_root=cfg.data_root)["mean"]["psnr"]
-    for note in trainer.notes:
-        print(note)
-    if not cfg.init and resume is None:
-        print("note: no --init: the generator starts from random weights (SRGAN fine-tunes a trained SRResNet: "
-              "--init srresnet-x4 or a checkpoint)")
-    print(f"training SRGAN x{cfg.scale}: generator {trainer.model.num_parameters():,} parameters, discriminator "
-          f"{trainer.disc.num_parameters():,}; on {cfg.data}: {len(trainer.data)} patches/epoch, {cfg.epochs} "
-          f"epochs, batch {cfg.batch_size}, Adam lr G {cfg.lr} D {cfg.d_lr or cfg.lr}, content {cfg.loss} + "
-          f"{cfg.adv_weight:g} x adversarial; outputs in {out}")
-    t0 = time.perf_counter()
-    result = trainer.run()
-    minutes = (time.perf_counter() - t0) / 60
-    if result["status"] == "nan":
-        return 3
-    if result["status"] == "interrupted":
-        return 130
-    final = result["history"][-1]["val_psnr"] if result["history"] else float("nan")
-    print(f"done in {minutes:.1f} min: validation PSNR {final:.2f} dB (best {result['best_psnr']:.2f} dB) vs "
-          f"bicubic {trainer.bicubic_psnr:.2f} dB, Y channel, border {cfg.scale} (SRGAN trades PSNR for texture: "
-          f"look at {out / 'crops'})")
-    print(f"outputs: {out / 'best.npz'} (best validation PSNR), {out / 'last.npz'}, {out / 'history.csv'}, "
-          f"{out / 'curves.png'}, {out / 'crops'}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

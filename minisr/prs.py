@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from . import checkpoint, nn, optim
 from . import functional as F
-from .atomic import create_beside
+from .atomic import save_figure
 from .data import ImageReadError, imresize, list_images, read_image, round_uint8
 from .metrics import psnr
 from .random import manual_seed
@@ -390,24 +390,8 @@ def plot(report: dict, path) -> Path:
         ax.tick_params(axis="x", labelsize=8)
     fig.suptitle(f"PRS x{report['scale']}: {report['data']}, {report['n_test']} test images", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
-    return _save_png(fig, path)
+    return save_figure(fig, path, close=True)
 
-
-def _save_png(fig, path: Path) -> Path:
-    """Write the figure to a temporary name beside ``path``, then rename it (no partial PNG), and close it."""
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = create_beside(path, suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def plot_examples(examples: dict, path) -> Path:
@@ -428,7 +412,7 @@ def plot_examples(examples: dict, path) -> Path:
             ax.set_yticks([])
         axes[r, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
     fig.tight_layout()
-    return _save_png(fig, path)
+    return save_figure(fig, path, close=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -449,7 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", metavar="DIR", help="classifier cache (default $MINISR_CACHE or ~/.cache/minisr)")
     p.add_argument("--retrain", action="store_true", help="train the classifier again even if it is cached")
     p.add_argument("--device", default="cpu", help="device of the SR models (default cpu)")
-    return p
+    from . import cli_checks
+
+    return cli_checks.validated(p, cli_checks.PRS)
 
 
 def main(argv=None) -> int:
@@ -457,10 +443,6 @@ def main(argv=None) -> int:
     models = args.model or [f"srcnn-x{args.scale}"]
     chart = Path(args.chart or f"prs-x{args.scale}.png")
     try:
-        if args.epochs < 1:
-            raise PRSError(f"--epochs {args.epochs}: must be at least 1")
-        if args.limit is not None and args.limit < 2:
-            raise PRSError(f"--limit {args.limit}: must be at least 2")
         for opt, out in (("--chart", chart), ("--examples", args.examples)):
             if out is None:
                 continue

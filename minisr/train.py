@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from . import backends, checkpoint, models
+from . import backends, checkpoint, cli_checks, models, runlock
 from . import functional as F
 from . import optim as O
 from . import random as mrandom
@@ -261,6 +261,10 @@ def freeze_except(model, prefixes: str) -> None:
         p.requires_grad = kept(n)
 
 
+class CheckpointWriteError(RuntimeError):
+    """Saving a checkpoint failed (e.g. a full disk); the previous checkpoint of that name is kept."""
+
+
 class Trainer:
     """One training run: model, optimizer, data, the loop, validation, checkpoints and history."""
 
@@ -325,8 +329,18 @@ class Trainer:
                     history=self.history, train_config=_jsonable(asdict(self.cfg)), channels=_channels(self.model),
                     rng_state=mrandom.generator().bit_generator.state)
 
+    def checkpoint_groups(self) -> dict:
+        """More state saved beside the model's in each checkpoint ({group: {key: array}}; SRGAN: the discriminator)."""
+        return {}
+
     def save(self, name: str) -> Path:
-        return checkpoint.save(self.out / name, self.model.state_dict(), self.meta(), self.optimizer.state_dict())
+        try:
+            return checkpoint.save(self.out / name, self.model.state_dict(), self.meta(), self.optimizer.state_dict(),
+                                   groups=self.checkpoint_groups())
+        except OSError as err:  # a full disk, a quota, a folder gone: the previous file is untouched (atomic write)
+            kept = f"the previous {self.out / name} is intact" if (self.out / name).is_file() else "nothing was saved"
+            raise CheckpointWriteError(f"could not save {self.out / name} at step {self.step}: "
+                                       f"{err.strerror or err}; {kept}") from err
 
     def _restore(self, ckpt: dict) -> None:
         meta = ckpt["meta"]
@@ -499,18 +513,38 @@ class Trainer:
         self.write_history()
 
     # ------------------------------------------------------------------------------------------------- reports
+    #: the columns of history.csv
+    HISTORY_KEYS = ("epoch", "step", "loss", "val_psnr", "val_ssim", "lr", "seconds")
+
     def write_history(self) -> None:
         path = self.out / "history.csv"
-        keys = ["epoch", "step", "loss", "val_psnr", "val_ssim", "lr", "seconds"]
         tmp = path.with_suffix(".csv.tmp")
         with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys)
+            w = csv.DictWriter(f, fieldnames=self.HISTORY_KEYS)
             w.writeheader()
             for row in self.history:
-                w.writerow({k: row.get(k) for k in keys})
+                w.writerow({k: row.get(k) for k in self.HISTORY_KEYS})
         os.replace(tmp, path)
+        self.plot_curves()
+
+    def plot_curves(self) -> None:
         plot_curves(self.history, self.out / "curves.png", self.bicubic_psnr,
                     title=f"{self.cfg.model} x{self.cfg.scale}")
+
+    def start_message(self) -> str:
+        cfg = self.cfg
+        return (f"training {cfg.model} x{cfg.scale} ({self.model.num_parameters():,} parameters) on {cfg.data}: "
+                f"{len(self.data)} patches/epoch, {cfg.epochs} epochs, batch {cfg.batch_size}, {cfg.optimizer} "
+                f"lr {cfg.lr} ({cfg.schedule}, warm-up {cfg.warmup} steps), "
+                f"kernels {backends.cpu_backend_name() if cfg.device == 'cpu' else cfg.device}; outputs in {self.out}")
+
+    def end_message(self, result: dict, minutes: float) -> str:
+        final = result["history"][-1]["val_psnr"] if result["history"] else float("nan")
+        out = self.out
+        return (f"done in {minutes:.1f} min: validation PSNR {final:.2f} dB (best {result['best_psnr']:.2f} dB) vs "
+                f"bicubic {self.bicubic_psnr:.2f} dB ({final - self.bicubic_psnr:+.2f} dB), Y channel, border "
+                f"{self.cfg.scale}\n"
+                f"outputs: {out / 'best.npz'}, {out / 'last.npz'}, {out / 'history.csv'}, {out / 'curves.png'}")
 
     bicubic_psnr: float | None = None
 
@@ -533,7 +567,9 @@ def plot_curves(history, path, bicubic=None, title=""):
     b.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    from .atomic import save_figure
+
+    save_figure(fig, path, dpi=100)  # a temporary name, renamed: a full disk leaves no partial curves.png
     plt.close(fig)
 
 
@@ -611,7 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-blocks", type=int, help="srresnet residual blocks (default 16)")
     p.add_argument("--n-feats", type=int)
     p.add_argument("--res-scale", type=float)
-    return p
+    return cli_checks.validated(p, cli_checks.TRAIN)  # every value's range, in one place
 
 
 def config_from_args(args) -> Config:
@@ -678,12 +714,17 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     from . import gan
 
-    if gan.wants(argv):  # srgan, or --resume of an srgan run: two networks, its own loop (minisr/gan.py)
-        return gan.main(argv)
-    parser = build_parser()
+    if gan.wants(argv):  # srgan, or --resume of an srgan run: two networks (minisr/gan.py)
+        return run_cli(argv, gan.build_parser(), gan.config_from_args, gan.GANConfig, gan.GANTrainer)
+    return run_cli(argv, build_parser(), config_from_args, Config, Trainer)
+
+
+def run_cli(argv, parser, make_config, config_cls, trainer_cls) -> int:
+    """Parse and check the options, start a run (``make_config(args)``) or resume one (``config_cls`` from the
+    checkpoint), lock its output folder and train it with ``trainer_cls``: the command line of every model."""
     args = parser.parse_args(argv)
-    if args.model is None and not args.resume:
-        parser.error(f"the model ({', '.join(sorted(RECIPES))}) is required, unless you --resume a run")
+    cli_checks.check_train(parser, args, RECIPES)  # combinations of options
+    lock = None
     try:
         resume = None
         if args.resume:
@@ -691,7 +732,7 @@ def main(argv=None) -> int:
             if "train_config" not in resume["meta"]:
                 raise ValueError(f"{args.resume} has no training state (not written by minisr.train): "
                                  "cannot resume")
-            cfg = Config(**resume["meta"]["train_config"])
+            cfg = config_cls(**resume["meta"]["train_config"])
             if (args.model and args.model != cfg.model) or (args.scale and args.scale != cfg.scale):
                 asked = f"{args.model or cfg.model} x{args.scale or cfg.scale}"
                 what = _describe(resume["meta"]["config"])
@@ -703,28 +744,40 @@ def main(argv=None) -> int:
             out = Path(args.out) if args.out else Path(args.resume).parent
             cfg.out = str(out)
         else:
-            cfg = config_from_args(args)
+            cfg = make_config(args)
             out = _out_dir(cfg)
         if cfg.backend:
             backends.set_backend(cfg.backend)
         out.mkdir(parents=True, exist_ok=True)
-        trainer = Trainer(cfg, out, resume)
+        lock = runlock.RunLock(out).acquire()  # one run per folder; held until this process ends
+        runlock.cleanup_partial_files(out)  # temporary files of a run killed mid-write
+        trainer = trainer_cls(cfg, out, resume)
     except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
+        if lock is not None:
+            lock.release()
         return 2
+    try:
+        return _train(trainer)
+    except OSError as e:  # a full disk while writing the history or the curves (checkpoints: CheckpointWriteError)
+        print(f"\nerror: could not write to {out}: {e}", file=sys.stderr)
+        return 1
+    except CheckpointWriteError as e:
+        print(f"\nerror: {e}", file=sys.stderr)
+        return 1
+    finally:
+        lock.release()
 
+
+def _train(trainer: Trainer) -> int:
     from .eval import evaluate
 
+    cfg = trainer.cfg
     trainer.bicubic_psnr = evaluate(bicubic_upscaler(cfg.scale), trainer.val, cfg.scale,
                                     data_root=cfg.data_root)["mean"]["psnr"]
     for note in trainer.notes:
         print(note)
-    n_params = trainer.model.num_parameters()
-    print(f"training {cfg.model} x{cfg.scale} ({n_params:,} parameters) on {cfg.data}: "
-          f"{len(trainer.data)} patches/epoch, {cfg.epochs} epochs, batch {cfg.batch_size}, {cfg.optimizer} "
-          f"lr {cfg.lr} ({cfg.schedule}, warm-up {cfg.warmup} steps), "
-          f"kernels {backends.cpu_backend_name() if cfg.device == 'cpu' else cfg.device}; "
-          f"outputs in {out}")
+    print(trainer.start_message())
     t0 = time.perf_counter()
     result = trainer.run()
     minutes = (time.perf_counter() - t0) / 60
@@ -732,11 +785,7 @@ def main(argv=None) -> int:
         return 3
     if result["status"] == "interrupted":
         return 130
-    final = result["history"][-1]["val_psnr"] if result["history"] else float("nan")
-    print(f"done in {minutes:.1f} min: validation PSNR {final:.2f} dB (best {result['best_psnr']:.2f} dB) vs "
-          f"bicubic {trainer.bicubic_psnr:.2f} dB ({final - trainer.bicubic_psnr:+.2f} dB), Y channel, border "
-          f"{cfg.scale}")
-    print(f"outputs: {out / 'best.npz'}, {out / 'last.npz'}, {out / 'history.csv'}, {out / 'curves.png'}")
+    print(trainer.end_message(result, minutes))
     return 0
 
 

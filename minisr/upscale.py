@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from . import cli_checks
 from .data import IMAGE_EXTENSIONS, ImageReadError, imresize, list_images, read_image, write_image
 from .metrics import psnr
 from .upscalers import make_upscaler
@@ -82,11 +83,12 @@ def compare_figure(path, lr, sr, hr, scale: int, name: str = "") -> Path:
         ax.axis("off")
     fig.suptitle(f"{name} x{scale} (centre crop)")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    from .atomic import save_figure
+
+    try:
+        return save_figure(fig, path, dpi=100)  # a temporary name, renamed: no partial PNG
+    finally:
+        plt.close(fig)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,15 +101,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HR image (or folder of HR images with the same names); for a video, no value: "
                         "also write OUT_compare (bicubic | SR side by side), or the file name given")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--tile", type=int, default=192, help="tile size in input pixels (memory bound)")
+    p.add_argument("--tile", type=int, default=None, help="tile size in input pixels (default 192, or chosen by "
+                                                         "--max-memory)")
+    p.add_argument("--max-memory", type=cli_checks.memory_size, metavar="SIZE",
+                   help="memory budget of the model's activations, e.g. 500M or 2G: the largest tile that fits")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files (never the inputs)")
     p.add_argument("--ensemble", action="store_true",
                    help="x8 self-ensemble: average the 8 flips / rotations (EDSR's '+'; 8 times slower)")
-    return p
+    return cli_checks.validated(p, cli_checks.UPSCALE)
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    cli_checks.check_upscale(parser, args)
+    if args.tile is None and args.max_memory is None:
+        args.tile = 192
     from . import video  # videos (any FFmpeg container, through PyAV): minisr/video.py
 
     if video.is_video_job(args):
@@ -127,7 +136,11 @@ def main(argv=None) -> int:
             scale = int(meta.get("scale", 2))
         if scale < 2:
             raise ValueError(f"--scale must be >= 2, got {scale}")
-        upscaler = make_upscaler(args.model, scale, device=args.device, tile=args.tile, ensemble=args.ensemble)
+        upscaler = make_upscaler(args.model, scale, device=args.device, tile=args.tile, ensemble=args.ensemble,
+                                 max_memory=args.max_memory)
+        if args.max_memory is not None and hasattr(getattr(upscaler, "upscaler", upscaler), "tile"):
+            print(f"--max-memory {args.max_memory / 2 ** 20:.0f}M: tiles of "
+                  f"{getattr(upscaler, 'upscaler', upscaler).tile} pixels", file=sys.stderr)
         outs = _outputs(files, Path(args.output), scale)
         compares = [_compare_path(d) for d in outs] if args.compare else []
         _check_outputs(files, outs + compares, args.overwrite)

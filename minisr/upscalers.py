@@ -24,7 +24,7 @@ from .device import to_device
 from .tensor import Tensor, no_grad
 
 __all__ = ["bicubic_upscaler", "Upscaler", "SelfEnsemble", "make_upscaler", "forward_tiled", "receptive_radius",
-           "dihedral", "undo_dihedral"]
+           "dihedral", "undo_dihedral", "activation_bytes", "tile_for_memory"]
 
 
 def _check_uint8(lr, who: str) -> np.ndarray:
@@ -60,8 +60,12 @@ def receptive_radius(model: nn.Module) -> int:
     return pad
 
 
-def forward_tiled(model: nn.Module, x: np.ndarray, tile: int = 192, device: str = "cpu") -> np.ndarray:
+def forward_tiled(model: nn.Module, x: np.ndarray, tile: int = 192, device: str = "cpu",
+                  release: bool = False) -> np.ndarray:
     """``model`` applied to x (N, C, H, W) float, tile by tile, stitched to (N, C', H*s, W*s).
+
+    ``release``: empty the kernels' workspace cache after every tile, so that idle buffers of other tile sizes
+    (the edges) do not pile up beside the next tile's (``--max-memory``: memory before speed).
 
     Valid-padding models (``border`` b > 0, SRCNN) first get the image edge-replicated by b so the output keeps the
     input size. Each tile is cut with ``receptive_radius`` pixels of context on every side and only its centre is
@@ -87,7 +91,76 @@ def forward_tiled(model: nn.Module, x: np.ndarray, tile: int = 192, device: str 
                     out = np.empty((N, y.shape[1], H * s, W * s), dtype=y.dtype)
                 ky, kx = (y0 - ya) * s, (x0 - xa) * s  # where the kept centre starts in the tile's output
                 out[:, :, y0 * s:y1 * s, x0 * s:x1 * s] = y[:, :, ky:ky + (y1 - y0) * s, kx:kx + (x1 - x0) * s]
+                del y, patch
+                if release and device == "cpu":
+                    _empty_workspace()
     return out
+
+
+def _empty_workspace() -> None:
+    from . import backends
+
+    empty = getattr(backends.get_backend(), "empty_cache", None)
+    if empty:
+        empty()
+
+
+def activation_bytes(model: nn.Module, side: int) -> int:
+    """The peak memory (bytes) one inference forward of ``model`` takes on a ``side`` x ``side`` input, beyond what
+    was allocated before: measured with ``tracemalloc``, which sees NumPy's buffers (the activations, the numba
+    backend's workspace), after a small warm-up run (compiling the kernels) and with the workspace cache emptied,
+    so that it counts what a tile of that size needs. CPU only (a GPU's memory is not traced)."""
+    import tracemalloc
+
+    x = np.random.default_rng(0).random((1, model.in_channels, side, side)).astype(np.float32)
+    with no_grad():
+        small = min(side, 16 + 2 * model.border)
+        model(Tensor(np.ascontiguousarray(x[:, :, :small, :small])))  # warm-up: the kernels compiled (not counted)
+        _empty_workspace()
+        was_tracing = tracemalloc.is_tracing()
+        if not was_tracing:
+            tracemalloc.start()
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        try:
+            model(Tensor(x)).numpy()
+            return max(tracemalloc.get_traced_memory()[1] - base, 0)
+        finally:
+            if not was_tracing:
+                tracemalloc.stop()
+
+
+#: headroom on the measured cost per pixel (allocator slack, the stitching copies of a tile's output)
+MEMORY_SAFETY = 1.25
+MIN_TILE = 8
+
+
+def tile_for_memory(model: nn.Module, max_bytes: int) -> int:
+    """The largest tile (in network-input pixels, as ``forward_tiled``'s ``tile``) whose forward stays within
+    ``max_bytes``: the cost per pixel and the fixed part are measured on two small inputs (:func:`activation_bytes`),
+    then a tile side s must satisfy ``per_pixel * (s + 2 context)^2 + fixed <= max_bytes`` (context: the receptive
+    radius, or the valid border, on each side). The whole image's input and output arrays are not part of it."""
+    b = model.border
+    ctx = b if b else receptive_radius(model)
+    a_side, b_side = 24 + 2 * b, 48 + 2 * b
+    pa, pb = activation_bytes(model, a_side), activation_bytes(model, b_side)
+    per_px = max((pb - pa) / (b_side ** 2 - a_side ** 2), pb / b_side ** 2) * MEMORY_SAFETY
+    fixed = max(pa - per_px * a_side ** 2, 0.0)
+    side = int(math.isqrt(max(int((max_bytes - fixed) / per_px), 0)))
+    for _ in range(3):  # the cost per pixel is not quite constant (buffer sizes cross thresholds): check the tile
+        if side - 2 * ctx < MIN_TILE:
+            break
+        used = activation_bytes(model, side) * MEMORY_SAFETY
+        if used <= max_bytes:
+            break
+        side = int(side * math.sqrt(max_bytes / used) * 0.95)
+    tile = side - 2 * ctx
+    if tile < MIN_TILE:
+        need = per_px * (MIN_TILE + 2 * ctx) ** 2 + fixed
+        raise ValueError(f"--max-memory {max_bytes / 2 ** 20:.0f}M is too small for this model: it takes "
+                         f"{per_px / 1024:.1f} KiB per input pixel, and the smallest tile ({MIN_TILE} pixels + "
+                         f"{ctx} of context a side) needs {need / 2 ** 20:.1f}M")
+    return tile
 
 
 class Upscaler:
@@ -100,8 +173,14 @@ class Upscaler:
     * A scale the model was not trained for but a power of one it was (x4 from x2) runs the model repeatedly.
     """
 
-    def __init__(self, model: nn.Module, meta: dict, scale: int, device: str = "cpu", tile: int = 192):
-        self.model, self.meta, self.scale, self.device, self.tile = model, meta, int(scale), device, tile
+    def __init__(self, model: nn.Module, meta: dict, scale: int, device: str = "cpu", tile: int | None = 192,
+                 max_memory: int | None = None):
+        if max_memory is not None:  # the largest tile whose activations fit the budget (CPU memory)
+            if str(device).lower().startswith("cuda"):
+                raise ValueError("--max-memory budgets the CPU's memory; on a GPU give --tile")
+            tile = tile_for_memory(model, int(max_memory))
+        self.model, self.meta, self.scale, self.device, self.tile = model, meta, int(scale), device, tile or 192
+        self.budgeted = max_memory is not None
         trained = [int(s) for s in meta.get("scales", [meta.get("scale", model.scale)])]
         self.passes = None
         for s in sorted(trained, reverse=True):  # the largest trained factor that fits: x4 directly, not x2 twice
@@ -118,7 +197,7 @@ class Upscaler:
     def _net(self, x: np.ndarray) -> np.ndarray:
         """HxWxC float image in [0, 1] -> the model's output HxWxC (float, unclipped)."""
         t = np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32)
-        return forward_tiled(self.model, t, self.tile, self.device)[0].transpose(1, 2, 0)
+        return forward_tiled(self.model, t, self.tile, self.device, release=self.budgeted)[0].transpose(1, 2, 0)
 
     def _one_pass(self, img: np.ndarray) -> np.ndarray:
         """float64 HxW or HxWx3 on [0, 255] -> float64 on [0, 255], enlarged by step_scale.
@@ -130,25 +209,68 @@ class Upscaler:
         if m.in_channels == 1:
             if img.ndim == 2:  # greyscale is its own luminance
                 return self._net(np.clip(net_in, 0, 255)[..., None] / 255.0)[..., 0].astype(np.float64) * 255.0
-            ycc = rgb_to_ycbcr(up)
+            ycc = _by_rows(rgb_to_ycbcr, up, out=up)  # (in place: the enlarged RGB image becomes its YCbCr)
             y_in = ycc[..., :1] if m.upsample_input else rgb_to_ycbcr(img)[..., :1]
+            del up, net_in
             ycc[..., 0] = self._net(np.clip(y_in, 0, 255) / 255.0)[..., 0] * 255.0
-            return ycbcr_to_rgb(ycc)
+            return _by_rows(ycbcr_to_rgb, ycc, out=ycc)
         gray = img.ndim == 2
-        rgb = np.clip(np.repeat(net_in[..., None], 3, axis=2) if gray else net_in, 0, 255)
-        out = self._net(rgb / 255.0).astype(np.float64) * 255.0
-        return out.mean(axis=2) if gray else out
+        out = self._rgb_net(np.repeat(net_in[..., None], 3, axis=2) if gray else net_in)
+        out64 = out.astype(np.float64)
+        del out
+        out64 *= 255.0
+        return out64.mean(axis=2) if gray else out64
+
+    def _rgb_net(self, rgb: np.ndarray) -> np.ndarray:
+        """An RGB model on HxWx3 float64 [0, 255] (clipped, / 255): its float32 output, before the * 255."""
+        rgb = np.clip(rgb, 0, 255)
+        rgb /= 255.0  # (in place, as every step here: one whole-image array at a time, not three)
+        return self._net(rgb)
 
     def upscale_float(self, lr: np.ndarray) -> np.ndarray:
         """The SR image before rounding: float64 on [0, 255] (what the self-ensemble averages)."""
         img = _check_uint8(lr, "Upscaler")
         out = img.astype(np.float64)
         for _ in range(self.passes):
-            out = np.clip(self._one_pass(out), 0, 255)
+            out = self._one_pass(out)
+            np.clip(out, 0, 255, out=out)
         return out
 
     def __call__(self, lr: np.ndarray) -> np.ndarray:
-        return round_uint8(self.upscale_float(lr))
+        img = _check_uint8(lr, "Upscaler")
+        m = self.model
+        if self.passes == 1 and img.ndim == 3 and m.in_channels == 3 and not m.upsample_input:
+            # EDSR-like on a colour image: the float32 output converted to float64, scaled, clipped and rounded a
+            # band of rows at a time -- the same operations as upscale_float + round_uint8, without the whole
+            # float64 output (800 MB for a 4K x2 image)
+            out = self._rgb_net(img.astype(np.float64))
+            sr = np.empty(out.shape, np.uint8)
+            for r0 in range(0, out.shape[0], 256):
+                band = out[r0:r0 + 256].astype(np.float64)
+                band *= 255.0
+                np.clip(band, 0, 255, out=band)
+                sr[r0:r0 + 256] = round_uint8(band)
+            return sr
+        return _round_uint8_rows(self.upscale_float(img))
+
+
+def _by_rows(fn, x: np.ndarray, rows: int = 256, out: np.ndarray | None = None) -> np.ndarray:
+    """``fn(x)`` for a per-pixel ``fn`` (the colour conversions), a band of rows at a time into one float64 array
+    (``out``, which may be x itself): the same values without fn's whole-image temporaries (four of them, 1.1 GB
+    each for a 48-megapixel output)."""
+    out = np.empty(x.shape, np.float64) if out is None else out
+    for r0 in range(0, x.shape[0], rows):
+        out[r0:r0 + rows] = fn(x[r0:r0 + rows])
+    return out
+
+
+def _round_uint8_rows(x: np.ndarray, rows: int = 256) -> np.ndarray:
+    """``round_uint8(x)`` a band of rows at a time: the same result without round_uint8's whole-image float64
+    temporaries (three of them: 2.4 GB for a 4K x2 RGB output)."""
+    out = np.empty(x.shape, np.uint8)
+    for r0 in range(0, x.shape[0], rows):
+        out[r0:r0 + rows] = round_uint8(x[r0:r0 + rows])
+    return out
 
 
 def undo_dihedral(img, k: int):
@@ -182,9 +304,11 @@ class SelfEnsemble:
         return round_uint8(np.clip(self.upscale_float(lr), 0, 255))
 
 
-def make_upscaler(spec: str, scale: int, device: str = "cpu", tile: int = 192, ensemble: bool = False):
+def make_upscaler(spec: str, scale: int, device: str = "cpu", tile: int | None = 192, ensemble: bool = False,
+                  max_memory: int | None = None):
     """An upscaler for ``"bicubic"``, a checkpoint path, or a shipped model name (e.g. ``"srcnn-x3"``);
-    ``ensemble=True`` wraps it in the x8 :class:`SelfEnsemble`."""
+    ``ensemble=True`` wraps it in the x8 :class:`SelfEnsemble`; ``max_memory`` (bytes): choose the tile size so
+    that the model's activations stay within it (:func:`tile_for_memory`)."""
     if spec == "bicubic":
         up = bicubic_upscaler(scale)
     else:
@@ -192,5 +316,5 @@ def make_upscaler(spec: str, scale: int, device: str = "cpu", tile: int = 192, e
 
         model, meta = load(spec, device=device)
         meta.setdefault("name", str(spec))
-        up = Upscaler(model, meta, scale, device=device, tile=tile)
+        up = Upscaler(model, meta, scale, device=device, tile=tile, max_memory=max_memory)
     return SelfEnsemble(up) if ensemble else up

@@ -288,7 +288,8 @@ def main(args) -> int:
             cmp_dst = Path(args.compare) if args.compare else compare_path(dst)
         from .inference import make_upscaler  # the one place videos get their upscaler
 
-        upscaler = make_upscaler(args.model, scale, device=args.device, tile=args.tile)
+        upscaler = make_upscaler(args.model, scale, device=args.device, tile=args.tile,
+                                 max_memory=getattr(args, "max_memory", None))
         info = upscale_video(src, dst, upscaler, scale, compare=cmp_dst, overwrite=args.overwrite)
     except KeyboardInterrupt:
         print("interrupted: nothing written", file=sys.stderr)

@@ -115,8 +115,8 @@ def test_mid_epoch_saves_resume_exactly(data, tmp_path, capsys, monkeypatch):
     real_save = checkpoint.save
     saved_at = []
 
-    def save_and_keep(path, model_state, meta, optim_state=None):
-        out = real_save(path, model_state, meta, optim_state)
+    def save_and_keep(path, model_state, meta, optim_state=None, groups=None):
+        out = real_save(path, model_state, meta, optim_state, groups)
         saved_at.append((meta["step"], meta["step_in_epoch"]))
         if meta["epoch"] == 1 and meta["step_in_epoch"] == 2:  # inside the second epoch
             shutil.copy(out, kept)

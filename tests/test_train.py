@@ -41,7 +41,10 @@ def argv(model, data, out, *extra):
 
 
 def run_main(capsys, args):
-    code = train.main(args)
+    try:
+        code = train.main(args)
+    except SystemExit as stop:  # a value refused at parse time (minisr.cli_checks): exit code 2, one line
+        code = stop.code
     out = capsys.readouterr()
     return code, out.out, out.err
 
@@ -73,7 +76,8 @@ def test_cli_smoke_run(data, tmp_path, capsys, model):
     out = tmp_path / "run"
     code, stdout, err = run_main(capsys, argv(model, data, out, "--epochs", "1", "--steps", "3"))
     assert code == 0, err
-    assert sorted(p.name for p in out.iterdir()) == ["best.npz", "curves.png", "history.csv", "last.npz"]
+    assert sorted(p.name for p in out.iterdir()) == [".minisr-train.lock", "best.npz", "curves.png", "history.csv",
+                                                     "last.npz"]  # the lock: minisr/runlock.py
     rows = read_history(out)
     assert [(r["epoch"], r["step"]) for r in rows] == [("1", "3")]
     assert math.isfinite(float(rows[0]["loss"])) and math.isfinite(float(rows[0]["val_psnr"]))
@@ -265,7 +269,7 @@ def test_cli_errors(data, tmp_path, capsys, case):
     }[case]
     code, _, err = run_main(capsys, args)
     assert code == 2
-    expected = {"patch": "--patch 16", "data": "no training patches", "scale": "scale 5",
+    expected = {"patch": "--patch 16", "data": "no training patches", "scale": "--scale: '5'",
                 "vdsr-features": "one number"}[case]
     assert err.startswith("error: ") and expected in err
     assert not (out / "last.npz").exists()

@@ -26,7 +26,7 @@ from minisr.data.datasets import (
 )
 from minisr.data.degrade import degrade
 from minisr.data.imresize import imresize, modcrop, round_uint8
-from minisr.data.io import IMAGE_EXTENSIONS, ImageReadError, list_images, read_image, write_image
+from minisr.data.io import IMAGE_EXTENSIONS, ImageReadError, ImageTooLargeError, list_images, read_image, write_image
 from minisr.data.patches import PatchDataset, dihedral
 
 __all__ = [
@@ -36,3 +36,4 @@ __all__ = [
     "modcrop", "read_image", "resolve_dataset", "rgb_to_y", "rgb_to_ycbcr", "round_uint8", "write_image",
     "ycbcr_to_rgb",
 ]
+__all__ += ["ImageTooLargeError"]

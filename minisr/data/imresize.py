@@ -78,8 +78,11 @@ def _resize_axis(img, axis: int, out_length: int, scale: float):
     src = np.moveaxis(img, axis, 0)
     shape = (out_length,) + (1,) * (src.ndim - 1)
     out = np.zeros((out_length,) + src.shape[1:], dtype=np.float64)
-    for p in range(weights.shape[1]):
-        out += weights[:, p].reshape(shape) * src[indices[:, p]]
+    band = max(1, (64 << 20) // max(out[:, :1].nbytes, 1))  # ~64 MB of temporaries at a time, not 2 whole outputs
+    for c0 in range(0, max(src.shape[1], 1) if src.ndim > 1 else 1, band):  # (elementwise: the same sums)
+        part = (slice(None), slice(c0, c0 + band)) if src.ndim > 1 else (slice(None),)
+        for p in range(weights.shape[1]):
+            out[part] += weights[:, p].reshape(shape) * src[(indices[:, p],) + part[1:]]
     return np.moveaxis(out, 0, axis)
 
 

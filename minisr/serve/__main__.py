@@ -30,8 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--drain-timeout", type=float, default=120.0,
                    help="seconds Ctrl-C waits for requests in progress")
-    p.add_argument("--log-level", default="info")
-    return p
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug", "trace"])
+    from .. import cli_checks
+
+    return cli_checks.validated(p, cli_checks.SERVE)
 
 
 def main(argv=None) -> int:

@@ -14,12 +14,13 @@ import os
 from . import winograd as _winograd
 from .activations import relu_backward, relu_forward
 from .bias import bias_add, bias_grad
-from .common import _c
+from .common import _c, _floats
 from .conv_im2col import _conv_forward_cols, _conv_input_grad_cols, _conv_weight_grad_cols
 from .conv_shifted import _conv_forward_shifted, _conv_input_grad_shifted, _conv_weight_grad_shifted, _shifted
 
 
 def conv_forward(x, w2, kh, kw, sh, sw, ph, pw):
+    _floats("conv_forward", x, w2)
     x, w2 = _c(x), _c(w2)
     C = x.shape[1]
     if _winograd.use(C, w2.shape[0], kh, kw, sh, sw, ph, pw, x.dtype):  # 3x3 stride 1: F(2x2, 3x3)
@@ -30,6 +31,7 @@ def conv_forward(x, w2, kh, kw, sh, sw, ph, pw):
 
 
 def conv_weight_grad(g, x, kh, kw, sh, sw, ph, pw):
+    _floats("conv_weight_grad", g, x)
     g, x = _c(g), _c(x)
     C = x.shape[1]
     if _winograd.use(C, g.shape[1], kh, kw, sh, sw, ph, pw, x.dtype, "weight_grad"):
@@ -40,6 +42,7 @@ def conv_weight_grad(g, x, kh, kw, sh, sw, ph, pw):
 
 
 def conv_input_grad(w2, g, x_shape, kh, kw, sh, sw, ph, pw):
+    _floats("conv_input_grad", w2, g)
     w2, g = _c(w2), _c(g)
     C = x_shape[1]
     if _winograd.use(C, w2.shape[0], kh, kw, sh, sw, ph, pw, g.dtype, "input_grad"):
@@ -58,6 +61,7 @@ def fused() -> bool:
 
 
 def conv_fused_forward(x, w2, b, relu, kh, kw, sh, sw, ph, pw):
+    _floats("conv_fused_forward", x, w2)
     x, w2 = _c(x), _c(w2)
     C = x.shape[1]
     if fused() and (b is not None or relu):
@@ -74,6 +78,7 @@ def conv_fused_forward(x, w2, b, relu, kh, kw, sh, sw, ph, pw):
 
 
 def conv_fused_backward(g, y, x, w2, kh, kw, sh, sw, ph, pw, need_dx, need_dw, need_db):
+    _floats("conv_fused_backward", g, x, w2)
     g, x, w2 = _c(g), _c(x), _c(w2)
     C, O = x.shape[1], w2.shape[0]
     geometry = (kh, kw, sh, sw, ph, pw)

@@ -16,7 +16,7 @@ from numba import njit, prange
 
 from ..numpy_backend import out_size
 from . import threads
-from .common import _c, _jit
+from .common import _c, _floats, _jit
 from .threads import _run, _sum_parts
 from .workspace import _empty, _scratch
 
@@ -74,6 +74,7 @@ def _im2col(x, kh, kw, sh, sw, ph, pw, Ho, Wo, cols):
 
 
 def im2col(x, kh, kw, sh, sw, ph, pw):
+    _floats("im2col", x)
     N, C, H, W = x.shape
     Ho, Wo = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
     cols = _empty((N, C * kh * kw, Ho * Wo), x.dtype)
@@ -93,6 +94,7 @@ def _col2im(cols, kh, kw, sh, sw, ph, pw, Ho, Wo, dx):
 
 
 def col2im(cols, x_shape, kh, kw, sh, sw, ph, pw):
+    _floats("col2im", cols)
     N, C, H, W = x_shape
     Ho, Wo = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
     dx = _empty((N, C, H, W), cols.dtype)
