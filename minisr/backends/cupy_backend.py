@@ -9,11 +9,13 @@ This module imports CuPy, so it is imported only when a tensor is moved to ``"cu
 from __future__ import annotations
 
 import functools
+import types
 from pathlib import Path
 
 import numpy as np
 
 from ..device import import_cupy
+from . import numpy_backend
 from .numpy_backend import out_size
 
 cp = import_cupy()
@@ -128,23 +130,16 @@ def relu_backward(g, y):
 
 
 # ------------------------------------------------------------------------------------------ conv with its epilogue
-def conv_fused_forward(x, w2, b, relu, kh, kw, sh, sw, ph, pw):
-    """numpy_backend.conv_fused_forward as the plain kernels one after the other (not fused on the GPU yet)."""
-    out = conv_forward(x, w2, kh, kw, sh, sw, ph, pw)
-    if b is not None:
-        bias_add(out, b)
-    if relu:
-        relu_forward(out, out=out)
-    return out
+def _on_these_kernels(f):
+    """The NumPy reference's function ``f`` run on this module's kernels: its code with the names it calls
+    (conv_forward, bias_add, relu_forward, ...) looked up here, so the composition is written once."""
+    g = types.FunctionType(f.__code__, globals(), f.__name__, f.__defaults__)
+    g.__doc__ = f"{f.__doc__}\n\n(CuPy: the reference's composition of the plain kernels; not fused on the GPU yet.)"
+    return g
 
 
-def conv_fused_backward(g, y, x, w2, kh, kw, sh, sw, ph, pw, need_dx, need_dw, need_db):
-    """numpy_backend.conv_fused_backward as the plain kernels one after the other (not fused on the GPU yet)."""
-    gm = g if y is None else relu_backward(g, y)
-    dx = conv_input_grad(w2, gm, x.shape, kh, kw, sh, sw, ph, pw) if need_dx else None
-    dw = conv_weight_grad(gm, x, kh, kw, sh, sw, ph, pw) if need_dw else None
-    db = bias_grad(gm) if need_db else None
-    return dx, dw, db
+conv_fused_forward = _on_these_kernels(numpy_backend.conv_fused_forward)
+conv_fused_backward = _on_these_kernels(numpy_backend.conv_fused_backward)
 
 
 def leaky_relu_forward(x, slope):
