@@ -217,13 +217,8 @@ class GANTrainer(T.Trainer):
                 f"{cfg.adv_weight:g} x adversarial; outputs in {self.out}")
 
     def end_message(self, result: dict, minutes: float) -> str:
-        final = result["history"][-1]["val_psnr"] if result["history"] else float("nan")
-        out = self.out
-        return (f"done in {minutes:.1f} min: validation PSNR {final:.2f} dB (best {result['best_psnr']:.2f} dB) vs "
-                f"bicubic {self.bicubic_psnr:.2f} dB, Y channel, border {self.cfg.scale} (SRGAN trades PSNR for "
-                f"texture: look at {out / 'crops'})\n"
-                f"outputs: {out / 'best.npz'} (best validation PSNR), {out / 'last.npz'}, {out / 'history.csv'}, "
-                f"{out / 'curves.png'}, {out / 'crops'}")
+        return (super().end_message(result, minutes) + f", {self.out / 'crops'}\n(SRGAN trades PSNR for texture: "
+                "look at the crops)")
 
     def _init_from(self, spec: str) -> None:
         """``--init``: an SRResNet (or SRGAN) generator of the same config and scale."""
