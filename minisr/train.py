@@ -753,11 +753,15 @@ def run_cli(argv, parser, make_config, config_cls, trainer_cls) -> int:
         lock = runlock.RunLock(out).acquire()  # one run per folder; held until this process ends
         runlock.cleanup_partial_files(out)  # temporary files of a run killed mid-write
         trainer = trainer_cls(cfg, out, resume)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
+    except (ValueError, OSError, KeyError, RuntimeError) as e:  # OSError: an --out that cannot be created
         print(f"error: {e}", file=sys.stderr)
         if lock is not None:
             lock.release()
         return 2
+    except BaseException:  # (an unexpected error, Ctrl-C while loading): the folder's lock is released all the same
+        if lock is not None:
+            lock.release()
+        raise
     try:
         return _train(trainer)
     except OSError as e:  # a full disk while writing the history or the curves (checkpoints: CheckpointWriteError)

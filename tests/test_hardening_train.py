@@ -191,3 +191,23 @@ def test_kill_9_at_random_moments_then_resume(data, tmp_path):
     meta = checkpoint.load(out / "last.npz")["meta"]
     assert meta["epoch"] >= 4 and [h["epoch"] for h in meta["history"]] == list(range(1, meta["epoch"] + 1))
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # partial files of the killed runs cleaned
+
+
+def test_an_out_that_cannot_be_created_is_one_error_line(data, tmp_path, capsys):
+    """--out below a file: mkdir's NotADirectoryError is an ``error:`` line and code 2, not a traceback."""
+    (tmp_path / "a_file").write_text("x")
+    code, _, err = run(capsys, args(data, tmp_path / "a_file" / "run", "--steps", "1"))
+    assert code == 2 and err.startswith("error:") and "Traceback" not in err
+
+
+def test_the_lock_is_released_when_the_trainer_fails_unexpectedly(data, tmp_path, capsys):
+    """An error run_cli does not report (a bug's TypeError) still releases the folder's lock on its way up."""
+    class Broken(train.Trainer):
+        def __init__(self, *a, **k):
+            raise TypeError("a bug")
+
+    out = tmp_path / "run"
+    parser = train.build_parser()
+    with pytest.raises(TypeError):
+        train.run_cli(args(data, out, "--steps", "1"), parser, train.config_from_args, train.Config, Broken)
+    runlock.RunLock(out).acquire().release()  # would raise FolderLockedError if the lock were still held
