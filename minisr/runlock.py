@@ -75,8 +75,12 @@ class RunLock:
         except OSError:
             os.close(fd)
             self._refuse(self._owner())
-        os.ftruncate(fd, 0)
-        os.write(fd, me.encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, me.encode())
+        except BaseException:  # (a full disk): not held, nor left open
+            os.close(fd)
+            raise
         self._fd = fd
         return self
 

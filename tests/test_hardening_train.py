@@ -211,3 +211,15 @@ def test_the_lock_is_released_when_the_trainer_fails_unexpectedly(data, tmp_path
     with pytest.raises(TypeError):
         train.run_cli(args(data, out, "--steps", "1"), parser, train.config_from_args, train.Config, Broken)
     runlock.RunLock(out).acquire().release()  # would raise FolderLockedError if the lock were still held
+
+
+def test_a_lock_whose_pid_cannot_be_written_is_not_left_held(tmp_path, monkeypatch):
+    """A full disk while writing the owner's pid: acquire fails, and the file is neither held nor left open."""
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(runlock.os, "write", full)
+        with pytest.raises(OSError):
+            runlock.RunLock(tmp_path).acquire()
+    runlock.RunLock(tmp_path).acquire().release()  # FolderLockedError if the failed attempt still held it
