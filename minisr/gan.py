@@ -53,6 +53,7 @@ from .tensor import Tensor
 
 __all__ = ["GANConfig", "GANTrainer", "FailureDetector", "adversarial_step", "batch_spread", "wants", "build_parser",
            "config_from_args"]
+__all__ += ["spread_ratio"]
 
 
 @dataclass
@@ -73,6 +74,11 @@ def batch_spread(x) -> float:
     """The standard deviation across the batch (axis 0) of each value, averaged: 0 when every sample is the same."""
     a = np.asarray(x.numpy() if isinstance(x, Tensor) else x, dtype=np.float64)
     return float(a.std(axis=0).mean()) if a.shape[0] > 1 else float("nan")
+
+
+def spread_ratio(fake_spread: float, real_spread: float) -> float:
+    """The generated batch's spread over the targets' (:func:`batch_spread`); NaN when the targets' is 0 or NaN."""
+    return fake_spread / real_spread if real_spread > 0 else float("nan")
 
 
 def _accuracy(logits: Tensor, real: bool) -> float:
@@ -145,7 +151,7 @@ class FailureDetector:
         self.runs = dict.fromkeys(self.KINDS, 0)  # consecutive steps each condition has held
 
     def conditions(self, s: dict) -> dict:
-        ratio = s["fake_spread"] / s["real_spread"] if s["real_spread"] > 0 else float("nan")
+        ratio = spread_ratio(s["fake_spread"], s["real_spread"])
         return {"d_wins": s["d_loss"] < self.d_win_loss and s["real_acc"] >= 1.0 and s["fake_acc"] >= 1.0,
                 "collapse": ratio < self.collapse_ratio}
 
@@ -293,33 +299,23 @@ class GANTrainer(T.Trainer):
             self.write_crops(step)
         return s["g_loss"]
 
-    def _end_epoch(self, epoch_done: bool, log) -> None:
-        val = self.validate()
+    def epoch_row(self, val: dict) -> dict:
         st = {k: float(np.mean(v)) if v else float("nan") for k, v in self.epoch_stats.items()}
-        row = dict(epoch=self.epoch + 1, step=self.step,
-                   loss=float(np.mean(self.epoch_losses)) if self.epoch_losses else float("nan"),
-                   d_loss=st["d_loss"], content=st["content"], adv=st["adv"], real_acc=st["real_acc"],
-                   fake_acc=st["fake_acc"], spread_ratio=st["fake_spread"] / st["real_spread"],
-                   val_psnr=val["psnr"], val_ssim=val["ssim"], lr=self.optimizer.param_groups[0]["lr"],
-                   seconds=self.epoch_seconds, alerts=" ".join(self.epoch_alerts))
-        if self.history and self.history[-1]["epoch"] == row["epoch"]:
-            self.history[-1] = row
-        else:
-            self.history.append(row)
-        if epoch_done:
-            self.epoch += 1
-            self.step_in_epoch = 0
-            self.epoch_losses, self.epoch_seconds = [], 0.0
-            self.epoch_stats, self.epoch_alerts = {k: [] for k in STAT_KEYS}, []
-        log(f"epoch {row['epoch']}: D loss {row['d_loss']:.4f} (accuracy real {row['real_acc']:.2f}, fake "
-            f"{row['fake_acc']:.2f})  G loss {row['loss']:.5f} (content {row['content']:.5f}, adversarial "
-            f"{row['adv']:.3f})  val PSNR {val['psnr']:.2f} dB  SSIM {val['ssim']:.4f}"
-            + (f"  alerts: {row['alerts']}" if row["alerts"] else ""))
-        self.save("last.npz")
-        if val["psnr"] > self.best:
-            self.best = val["psnr"]
-            self.save("best.npz")
-        self.write_history()
+        row = super().epoch_row(val)
+        row.update(d_loss=st["d_loss"], content=st["content"], adv=st["adv"], real_acc=st["real_acc"],
+                   fake_acc=st["fake_acc"], spread_ratio=spread_ratio(st["fake_spread"], st["real_spread"]),
+                   alerts=" ".join(self.epoch_alerts))
+        return row
+
+    def epoch_line(self, row: dict) -> str:
+        return (f"epoch {row['epoch']}: D loss {row['d_loss']:.4f} (accuracy real {row['real_acc']:.2f}, fake "
+                f"{row['fake_acc']:.2f})  G loss {row['loss']:.5f} (content {row['content']:.5f}, adversarial "
+                f"{row['adv']:.3f})  val PSNR {row['val_psnr']:.2f} dB  SSIM {row['val_ssim']:.4f}"
+                + (f"  alerts: {row['alerts']}" if row["alerts"] else ""))
+
+    def next_epoch(self) -> None:
+        super().next_epoch()
+        self.epoch_stats, self.epoch_alerts = {k: [] for k in STAT_KEYS}, []
 
     # --------------------------------------------------------------------------------------------- reports
     def plot_curves(self) -> None:

@@ -492,25 +492,37 @@ class Trainer:
     def _end_epoch(self, epoch_done: bool, log) -> None:
         """Validate, record the epoch (or the part of it run so far, when --steps stops inside it), save."""
         val = self.validate()
-        row = dict(epoch=self.epoch + 1, step=self.step,
-                   loss=float(np.mean(self.epoch_losses)) if self.epoch_losses else float("nan"),
-                   val_psnr=val["psnr"], val_ssim=val["ssim"], lr=self.optimizer.param_groups[0]["lr"],
-                   seconds=self.epoch_seconds)
+        row = self.epoch_row(val)
         if self.history and self.history[-1]["epoch"] == row["epoch"]:
             self.history[-1] = row  # a run stopped inside this epoch recorded it so far; resumed, it is complete
         else:
             self.history.append(row)
         if epoch_done:
-            self.epoch += 1
-            self.step_in_epoch = 0
-            self.epoch_losses, self.epoch_seconds = [], 0.0
-        log(f"epoch {row['epoch']}: loss {row['loss']:.5f}  val PSNR {val['psnr']:.2f} dB  "
-            f"SSIM {val['ssim']:.4f}")
+            self.next_epoch()
+        log(self.epoch_line(row))
         self.save("last.npz")
         if val["psnr"] > self.best:
             self.best = val["psnr"]
             self.save("best.npz")
         self.write_history()
+
+    def epoch_row(self, val: dict) -> dict:
+        """The history row of the current epoch (so far), with its validation ``val`` (psnr, ssim)."""
+        return dict(epoch=self.epoch + 1, step=self.step,
+                    loss=float(np.mean(self.epoch_losses)) if self.epoch_losses else float("nan"),
+                    val_psnr=val["psnr"], val_ssim=val["ssim"], lr=self.optimizer.param_groups[0]["lr"],
+                    seconds=self.epoch_seconds)
+
+    def epoch_line(self, row: dict) -> str:
+        """The log line of an epoch's history row."""
+        return (f"epoch {row['epoch']}: loss {row['loss']:.5f}  val PSNR {row['val_psnr']:.2f} dB  "
+                f"SSIM {row['val_ssim']:.4f}")
+
+    def next_epoch(self) -> None:
+        """Start the next epoch: its step count and per-epoch records from zero."""
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self.epoch_losses, self.epoch_seconds = [], 0.0
 
     # ------------------------------------------------------------------------------------------------- reports
     #: the columns of history.csv

@@ -6,6 +6,7 @@ failure detection (NaN, discriminator winning, mode collapse)."""
 from __future__ import annotations
 
 import csv
+import math
 
 import numpy as np
 import pytest
@@ -428,3 +429,22 @@ def test_discriminator_winning_is_detected(data, init, tmp_path, capsys, monkeyp
     assert code == 3
     assert "the discriminator is winning" in err and "steps (1-3" in err
     assert not (tmp_path / "run" / "last.npz").exists()  # stopped inside epoch 1: nothing good to keep yet
+
+
+def test_targets_without_spread_give_a_nan_ratio_not_a_crash(data, init, tmp_path, capsys, monkeypatch):
+    """Flat targets (every HR patch the same, spread 0): the epoch's spread ratio is NaN, as the detector's is,
+    not a ZeroDivisionError at the end of the epoch."""
+    assert math.isnan(gan.spread_ratio(0.0, 0.0)) and math.isnan(gan.spread_ratio(0.3, float("nan")))
+    assert gan.spread_ratio(0.1, 0.4) == 0.25
+    step = gan.adversarial_step
+
+    def flat(*args, **kw):
+        s = step(*args, **kw)
+        s.update(real_spread=0.0, fake_spread=0.0)
+        return s
+
+    monkeypatch.setattr(gan, "adversarial_step", flat)
+    out = tmp_path / "run"
+    code, _, err = run(capsys, argv(data, out, init, "--steps", "3", "--crops-every", "0"))
+    assert code == 0, err
+    assert history(out)[0]["spread_ratio"] == "nan"
