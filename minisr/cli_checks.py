@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import math
 import re
-import sys
 
 __all__ = ["Parser", "validated", "positive_int", "nonneg_int", "int_range", "positive_float", "nonneg_float",
            "float_range", "memory_size", "int_list", "device", "port", "fail", "check_train", "check_eval",
@@ -266,9 +265,3 @@ def check_upscale(parser, args) -> None:
     """``python -m minisr.upscale``: --tile and --max-memory both choose the tile size."""
     if getattr(args, "max_memory", None) is not None and args.tile is not None:
         fail(parser, f"--tile {args.tile} and --max-memory both set the tile size: give one of them")
-
-
-def main_error(message: str) -> int:
-    """Print ``error: message`` and return exit code 2 (for errors found after parsing)."""
-    print(f"error: {message}", file=sys.stderr)
-    return 2
