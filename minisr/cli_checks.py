@@ -20,6 +20,7 @@ import re
 __all__ = ["Parser", "validated", "positive_int", "nonneg_int", "int_range", "positive_float", "nonneg_float",
            "float_range", "memory_size", "int_list", "device", "port", "fail", "check_train", "check_eval",
            "check_upscale", "TRAIN", "SRGAN", "EVAL", "UPSCALE", "PRS", "SERVE"]
+__all__ += ["CROPS"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -196,6 +197,8 @@ UPSCALE = dict(scale=int_range(2, 16), tile=int_range(8), device=device)
 #: python -m minisr.prs
 PRS = dict(scale=int_range(2, 16), epochs=positive_int, seed=seed, test_fraction=open_fraction, limit=int_range(2),
            device=device)
+#: python -m minisr.crops (SSIM's window needs crops of 11x11 or more)
+CROPS = dict(scale=int_range(2, 16), size=int_range(11), context=nonneg_int, device=device)
 #: python -m minisr.serve
 SERVE = dict(port=port, max_upload_mb=positive_float, max_pixels=positive_int, max_video_frames=positive_int,
              workers=positive_int, queue=nonneg_int, retry_after=nonneg_int, tile=int_range(8),

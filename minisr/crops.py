@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import cli_checks
 from .data import DatasetNotFoundError, load_benchmark
 from .metrics import psnr, ssim
 
@@ -179,6 +180,20 @@ def to_json(result) -> dict:
                       for r in result["crops"]]}
 
 
+def _write_json(path: Path, obj) -> None:
+    """``obj`` as JSON, written whole (a temporary name beside ``path``, renamed; removed if that fails)."""
+    from .atomic import create_beside
+
+    fd, tmp = create_beside(path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m minisr.crops", description=__doc__.split("\n")[0])
     p.add_argument("--scale", type=int, default=4)
@@ -193,29 +208,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", help="PNG to write (default crops-x<scale>.png)")
     p.add_argument("--json", help="also write the numbers here")
-    return p
+    return cli_checks.validated(p, cli_checks.CROPS)
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.out or f"crops-x{args.scale}.png")
     try:
-        if args.size < 11:
-            raise ValueError(f"--size {args.size}: SSIM needs crops of at least 11x11")
         models = parse_models(args.models, args.scale)
         result = compare(models, parse_crops(args.crops), args.scale, args.size, args.context, args.data_root,
                          args.device, progress=True)
     except (ValueError, KeyError, FileNotFoundError, DatasetNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    plot(result, out)
+    target = out
+    try:
+        plot(result, out)
+        if args.json:
+            target = Path(args.json)
+            _write_json(target, to_json(result))
+    except OSError as e:  # a folder that cannot be created, a full disk: nothing partial is left
+        print(f"error: could not write {target}: {e.strerror or e}", file=sys.stderr)
+        return 1
     for r in result["crops"]:
         scores = "  ".join(f"{m['label']} {m['psnr']:.2f}/{m['ssim']:.4f}" for m in r["results"])
         print(f"{r['dataset']}/{r['image']} @{r['y']},{r['x']}: {scores}")
-    if args.json:
-        tmp = Path(args.json).with_name(Path(args.json).name + ".tmp")
-        tmp.write_text(json.dumps(to_json(result), indent=1))
-        os.replace(tmp, args.json)
     print(f"wrote {out}" + (f" and {args.json}" if args.json else ""))
     return 0
 

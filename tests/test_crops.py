@@ -85,3 +85,18 @@ def test_cli_writes_the_figure_and_the_numbers(root, ckpt, tmp_path, capsys):
                       (["--models", "nonexistent-x4"], "nonexistent-x4")]:
         assert crops.main(["--data-root", str(root), "--size", "24", "--out", str(tmp_path / "x.png"), *args]) == 2
         assert msg in capsys.readouterr().err
+
+
+def test_cli_refuses_bad_values_and_unwritable_outputs_with_one_line(root, tmp_path, capsys):
+    """--scale 0 (a ZeroDivisionError), --context -5 (a window inside the crop), --size 5 (too small for SSIM):
+    refused at parse time; an output that cannot be written is an error line, and no temporary file stays."""
+    for bad in (["--scale", "0"], ["--context", "-5"], ["--size", "5"]):
+        with pytest.raises(SystemExit) as stop:
+            crops.main(["--data-root", str(root), "--crops", "Tiny:a", "--models", "bicubic", *bad])
+        assert stop.value.code == 2 and capsys.readouterr().err.startswith("error: argument")
+    (tmp_path / "a_file").write_text("x")
+    code = crops.main(["--scale", "4", "--data-root", str(root), "--crops", "Tiny:a", "--size", "24", "--models",
+                       "bicubic", "--out", str(tmp_path / "ok.png"), "--json", str(tmp_path / "a_file" / "c.json")])
+    err = capsys.readouterr().err
+    assert code == 1 and f"error: could not write {tmp_path / 'a_file' / 'c.json'}" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "ok.png"]

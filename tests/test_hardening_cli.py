@@ -19,6 +19,7 @@ PARSERS = {
     "upscale": lambda: __import__("minisr.upscale").upscale.build_parser(),
     "prs": lambda: __import__("minisr.prs").prs.build_parser(),
     "serve": lambda: __import__("minisr.serve.__main__").serve.__main__.build_parser(),
+    "crops": lambda: __import__("minisr.crops").crops.build_parser(),
 }
 
 
