@@ -219,6 +219,8 @@ _MODEL_OPTIONS = {"kernels": "kernels", "padding": "padding", "depth": "depth", 
                   "n_resblocks": "n_resblocks", "n_blocks": "n_blocks", "n_feats": "n_feats", "res_scale": "res_scale",
                   "dsm": "d", "features": "features", "channels": None}
 _CHANNEL_MODELS = ("srcnn", "vdsr", "fsrcnn", "espcn")
+# train: what --resume takes beside the checkpoint (model and scale only to check them against the run's)
+_RESUME_OPTIONS = ("resume", "epochs", "max_steps", "out", "model", "scale", "init")
 
 
 def check_train(parser, args, recipes: dict) -> None:
@@ -228,8 +230,15 @@ def check_train(parser, args, recipes: dict) -> None:
     if args.resume and args.init:
         fail(parser, f"--init {args.init} starts a new run from weights; --resume {args.resume} continues one: "
                      "give one of them")
-    if args.resume:
-        return  # the run's own configuration; train.main checks --model/--scale against it
+    if args.resume:  # the run's own configuration; train.run_cli checks --model/--scale against it
+        ignored = [a.option_strings[0] for a in parser._actions
+                   if a.option_strings and a.dest not in _RESUME_OPTIONS and a.default != argparse.SUPPRESS
+                   and getattr(args, a.dest, a.default) != a.default]
+        if ignored:
+            fail(parser, f"{', '.join(ignored)} with --resume {args.resume}: a resumed run keeps the settings it "
+                         "was started with (only --epochs, --steps and --out apply); start a new run (--init "
+                         "its weights) to change them")
+        return
     model_cfg = recipes[args.model].get("model", {})
     for dest, key in _MODEL_OPTIONS.items():
         value = getattr(args, dest, None)

@@ -76,6 +76,8 @@ CASES = [
      "--scales 2,3", 2),
     ("combination: --resume with --init", "train", ["--resume", "a.npz", "--init", "b.npz"], None,
      "give one of them", 2),
+    ("combination: --resume with a setting it would ignore", "train", ["--resume", "a.npz", "--lr", "1e-3"], None,
+     "--lr with --resume a.npz", 2),
     ("combination: --lr-step with --schedule cosine", "train", ["srcnn", "--schedule", "cosine", "--lr-step", "5"],
      None, "--lr-step 5", 2),
     ("combination: --tile with --max-memory", "upscale", UP + ["--tile", "64", "--max-memory", "1G"], None,

@@ -372,6 +372,11 @@ def test_resume_is_exact_for_both_networks_and_both_optimizers(data, init, tmp_p
     assert code == 0, err
     a, b = checkpoint.load(straight / "last.npz"), checkpoint.load(split / "last.npz")
     assert a["meta"]["step"] == b["meta"]["step"] == 5
+    # an adversarial option given with --resume would be ignored (the run's own settings): refused, nothing runs
+    with pytest.raises(SystemExit) as stop:
+        train.main(["--resume", str(split / "last.npz"), "--steps", "6", "--stop-on-failure", "--adv-weight", "1"])
+    assert stop.value.code == 2 and "--adv-weight, --stop-on-failure with --resume" in capsys.readouterr().err
+    assert checkpoint.load(split / "last.npz")["meta"]["step"] == 5
     for group in ("model", "optim", "disc", "disc_optim"):
         assert a[group].keys() == b[group].keys() and a[group], group
         for k in a[group]:
