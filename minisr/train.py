@@ -581,8 +581,7 @@ def plot_curves(history, path, bicubic=None, title=""):
     fig.tight_layout()
     from .atomic import save_figure
 
-    save_figure(fig, path, dpi=100)  # a temporary name, renamed: a full disk leaves no partial curves.png
-    plt.close(fig)
+    save_figure(fig, path, close=True, dpi=100)  # a temporary name, renamed: a full disk leaves no partial curves.png
 
 
 def _main_thread() -> bool:

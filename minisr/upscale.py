@@ -85,10 +85,7 @@ def compare_figure(path, lr, sr, hr, scale: int, name: str = "") -> Path:
     fig.tight_layout()
     from .atomic import save_figure
 
-    try:
-        return save_figure(fig, path, dpi=100)  # a temporary name, renamed: no partial PNG
-    finally:
-        plt.close(fig)
+    return save_figure(fig, path, close=True, dpi=100)  # a temporary name, renamed: no partial PNG; closed
 
 
 def build_parser() -> argparse.ArgumentParser:
