@@ -1,6 +1,6 @@
 """Winograd convolution F(m x m, 3 x 3) (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks",
 2016), the readable NumPy version: the three small matrices of the paper and einsum, nothing else. The fast
-version (the same math in chunks, on worker threads) is :mod:`minisr.backends.winograd`; docs/backprop.md
+version (the same math in chunks, on worker threads) is :mod:`minisr.backends.numba.winograd`; docs/backprop.md
 explains why it is exact and where float32 loses bits.
 
 One tile: an (m + 2) x (m + 2) patch d of the zero-padded input gives an m x m block of outputs of the 3 x 3
