@@ -64,11 +64,10 @@ def conv_fused_forward(x, w2, b, relu, kh, kw, sh, sw, ph, pw):
     _floats("conv_fused_forward", x, w2)
     x, w2 = _c(x), _c(w2)
     C = x.shape[1]
-    if fused() and (b is not None or relu):
-        if not _winograd.use(C, w2.shape[0], kh, kw, sh, sw, ph, pw, x.dtype) and _shifted(x, C, sh, sw):
+    if fused() and (b is not None or relu) and not _winograd.use(C, w2.shape[0], kh, kw, sh, sw, ph, pw, x.dtype):
+        if _shifted(x, C, sh, sw):
             return _conv_forward_shifted(x, w2, kh, kw, ph, pw, b, relu)
-        if not _winograd.use(C, w2.shape[0], kh, kw, sh, sw, ph, pw, x.dtype):
-            return _conv_forward_cols(x, w2, kh, kw, sh, sw, ph, pw, b, relu)
+        return _conv_forward_cols(x, w2, kh, kw, sh, sw, ph, pw, b, relu)
     out = conv_forward(x, w2, kh, kw, sh, sw, ph, pw)
     if b is not None:
         bias_add(out, b)
