@@ -158,18 +158,17 @@ def read_image(path, *, max_pixels: int | None = None) -> np.ndarray:
         if len(shape) < 2 or (0 in shape[:2] and not what.startswith("a damaged")):
             raise ImageReadError(f"cannot read image {path}: {what}")
         header = (shape[1], shape[0], None)
-    if header is not None:
-        w, h, mode = header
-        if w * h > limit:
-            raise ImageTooLargeError(f"cannot read image {path}: it declares {w}x{h} = {w * h:,} pixels, over the "
-                                     f"limit of {limit:,} (MINISR_MAX_PIXELS raises it)")
-        if w * h == 0:
-            raise ImageReadError(f"cannot read image {path}: it declares an empty {w}x{h} image")
+    w, h, mode = header  # (from Pillow, or from imageio above)
+    if w * h > limit:
+        raise ImageTooLargeError(f"cannot read image {path}: it declares {w}x{h} = {w * h:,} pixels, over the "
+                                 f"limit of {limit:,} (MINISR_MAX_PIXELS raises it)")
+    if w * h == 0:
+        raise ImageReadError(f"cannot read image {path}: it declares an empty {w}x{h} image")
     try:
         with warnings.catch_warnings():  # imageio's fallback plugins warn about their own deprecation
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size was checked above
-            if header is not None and header[2] in ("CMYK", "YCbCr", "LAB", "HSV"):  # Pillow's colour conversion
+            if mode in ("CMYK", "YCbCr", "LAB", "HSV"):  # Pillow's colour conversion
                 with Image.open(path) as im:
                     img = np.asarray(im.convert("RGB"))
             else:
