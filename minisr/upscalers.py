@@ -251,25 +251,17 @@ class Upscaler:
                 np.clip(band, 0, 255, out=band)
                 sr[r0:r0 + 256] = round_uint8(band)
             return sr
-        return _round_uint8_rows(self.upscale_float(img))
+        out = self.upscale_float(img)  # rounded a band of rows at a time: without round_uint8's whole-image
+        return _by_rows(round_uint8, out, out=np.empty(out.shape, np.uint8))  # float64 temporaries (2.4 GB at 4K x2)
 
 
 def _by_rows(fn, x: np.ndarray, rows: int = 256, out: np.ndarray | None = None) -> np.ndarray:
-    """``fn(x)`` for a per-pixel ``fn`` (the colour conversions), a band of rows at a time into one float64 array
-    (``out``, which may be x itself): the same values without fn's whole-image temporaries (four of them, 1.1 GB
-    each for a 48-megapixel output)."""
+    """``fn(x)`` for a per-pixel ``fn`` (the colour conversions, the rounding), a band of rows at a time into one
+    array (``out``, which may be x itself; default a new float64 one): the same values without fn's whole-image
+    temporaries (four of them, 1.1 GB each for a 48-megapixel output)."""
     out = np.empty(x.shape, np.float64) if out is None else out
     for r0 in range(0, x.shape[0], rows):
         out[r0:r0 + rows] = fn(x[r0:r0 + rows])
-    return out
-
-
-def _round_uint8_rows(x: np.ndarray, rows: int = 256) -> np.ndarray:
-    """``round_uint8(x)`` a band of rows at a time: the same result without round_uint8's whole-image float64
-    temporaries (three of them: 2.4 GB for a 4K x2 RGB output)."""
-    out = np.empty(x.shape, np.uint8)
-    for r0 in range(0, x.shape[0], rows):
-        out[r0:r0 + rows] = round_uint8(x[r0:r0 + rows])
     return out
 
 
