@@ -244,15 +244,17 @@ class Upscaler:
             # band of rows at a time -- the same operations as upscale_float + round_uint8, without the whole
             # float64 output (800 MB for a 4K x2 image)
             out = self._rgb_net(img.astype(np.float64))
-            sr = np.empty(out.shape, np.uint8)
-            for r0 in range(0, out.shape[0], 256):
-                band = out[r0:r0 + 256].astype(np.float64)
-                band *= 255.0
-                np.clip(band, 0, 255, out=band)
-                sr[r0:r0 + 256] = round_uint8(band)
-            return sr
+            return _by_rows(_float32_to_uint8, out, out=np.empty(out.shape, np.uint8))
         out = self.upscale_float(img)  # rounded a band of rows at a time: without round_uint8's whole-image
         return _by_rows(round_uint8, out, out=np.empty(out.shape, np.uint8))  # float64 temporaries (2.4 GB at 4K x2)
+
+
+def _float32_to_uint8(band: np.ndarray) -> np.ndarray:
+    """A model's float32 output on [0, 1] -> uint8: to float64, x 255, clipped, rounded (upscale_float's steps)."""
+    band = band.astype(np.float64)
+    band *= 255.0
+    np.clip(band, 0, 255, out=band)
+    return round_uint8(band)
 
 
 def _by_rows(fn, x: np.ndarray, rows: int = 256, out: np.ndarray | None = None) -> np.ndarray:

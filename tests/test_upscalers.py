@@ -111,3 +111,18 @@ def test_ensemble_in_eval_and_upscale_clis(rng, tmp_path, capsys):
     assert upscale.main([str(images / "a.png"), "-o", str(out), "--model", str(ckpt), "--scale", "2",
                          "--ensemble"]) == 0
     np.testing.assert_array_equal(read_image(out / "a_x2.png"), plus(read_image(images / "a.png")))
+
+
+@pytest.mark.parametrize("name,cfg,scale,channels", [
+    ("srcnn", dict(features=(8, 4)), 3, 3),  # Y model: upscale_float, rounded by bands
+    ("edsr", dict(scale=2, n_resblocks=1, n_feats=8), 2, 3),  # RGB, enlarges itself: __call__'s own banded path
+])
+def test_call_is_upscale_float_rounded(rng, name, cfg, scale, channels):
+    """Upscaler(lr) rounds by bands of rows (and, for RGB models, from the float32 output): the same pixels as
+    round_uint8 of upscale_float, on an image taller than one band."""
+    manual_seed(1)
+    model = models.build(name, **cfg)
+    model.eval()
+    up = Upscaler(model, {"scale": scale}, scale)
+    lr = smooth_image(rng, 100, 9, channels)  # 200-300 output rows: more than one 256-row band
+    np.testing.assert_array_equal(up(lr), round_uint8(up.upscale_float(lr)))
