@@ -304,6 +304,8 @@ def make_upscaler(spec: str, scale: int, device: str = "cpu", tile: int | None =
     ``ensemble=True`` wraps it in the x8 :class:`SelfEnsemble`; ``max_memory`` (bytes): choose the tile size so
     that the model's activations stay within it (:func:`tile_for_memory`)."""
     if spec == "bicubic":
+        if max_memory is not None:  # (it would be ignored)
+            raise ValueError("--max-memory chooses the tile size of a model's forward; bicubic runs no model")
         up = bicubic_upscaler(scale)
     else:
         from .models import load

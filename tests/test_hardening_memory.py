@@ -92,3 +92,15 @@ def test_peak_rss_stays_within_the_budget(edsr_ckpt):
     assert whole["rise"] > got["rise"] + 2 * budget, (whole, got)
     print(f"rise with --max-memory {budget / MiB:.0f}M: {got['rise'] / MiB:.0f} MiB (tile {got['tile']}); "
           f"untiled: {whole['rise'] / MiB:.0f} MiB; whole-image arrays {image / MiB:.0f} MiB")
+
+
+def test_a_budget_for_bicubic_is_refused_not_ignored(tmp_path, capsys):
+    """bicubic runs no network, so --max-memory would choose nothing: an error line, not a silent no-op."""
+    from minisr import upscale
+    from minisr.data import write_image
+
+    write_image(tmp_path / "a.png", np.zeros((12, 12, 3), np.uint8))
+    code = upscale.main([str(tmp_path / "a.png"), "-o", str(tmp_path / "b.png"), "--model", "bicubic", "--scale",
+                         "2", "--max-memory", "1G"])
+    assert code == 2 and "--max-memory" in capsys.readouterr().err
+    assert not (tmp_path / "b.png").exists()
