@@ -119,6 +119,7 @@ def adversarial_step(g, d, opt_g, opt_d, lr, hr, adv_weight: float = 1e-3, conte
         O.clip_grad_norm_(d.parameters(), clip_norm)
     opt_d.step()
 
+    trainable = [p.requires_grad for p in d.parameters()]  # (put back as they were: a frozen layer stays frozen)
     _set_requires_grad(d, False)  # the generator's step: D passes the gradient on, its weights take none
     try:
         content = content_loss(fake, y)
@@ -130,7 +131,8 @@ def adversarial_step(g, d, opt_g, opt_d, lr, hr, adv_weight: float = 1e-3, conte
         opt_g.zero_grad()
         g_loss.backward()
     finally:
-        _set_requires_grad(d, True)
+        for p, flag in zip(d.parameters(), trainable):
+            p.requires_grad = flag
     if clip_norm:
         O.clip_grad_norm_(g.parameters(), clip_norm)
     opt_g.step()

@@ -453,3 +453,19 @@ def test_targets_without_spread_give_a_nan_ratio_not_a_crash(data, init, tmp_pat
     code, _, err = run(capsys, argv(data, out, init, "--steps", "3", "--crops-every", "0"))
     assert code == 0, err
     assert history(out)[0]["spread_ratio"] == "nan"
+
+
+def test_the_generator_step_leaves_frozen_discriminator_layers_frozen(rng):
+    """adversarial_step freezes D for the generator's step and puts each flag back as it was: a layer frozen by the
+    caller stays frozen (and unchanged), the others train."""
+    minisr.manual_seed(3)
+    g, d = models.build("srresnet", scale=4, n_blocks=1, n_feats=4), models.build("srgan_discriminator", **SMALL_D)
+    frozen = d.features[0].weight
+    frozen.requires_grad = False
+    before = frozen.data.copy()
+    opt_g = optim.Adam(g.parameters(), lr=1e-3)
+    opt_d = optim.Adam([p for p in d.parameters() if p.requires_grad], lr=1e-3)
+    lr_img, hr_img = rng.random((2, 3, 6, 6)).astype(np.float32), rng.random((2, 3, 24, 24)).astype(np.float32)
+    gan.adversarial_step(g, d, opt_g, opt_d, lr_img, hr_img)
+    assert not frozen.requires_grad and np.array_equal(frozen.data, before)
+    assert all(p.requires_grad for p in d.parameters() if p is not frozen)
