@@ -119,10 +119,11 @@ _PARTIAL = re.compile(r"^\..+\.[0-9a-f]{8}\.[^.]+$")  # minisr.atomic.create_bes
 
 
 def cleanup_partial_files(folder) -> list[Path]:
-    """Remove the temporary files that writers killed mid-write left in ``folder``; returns them. Call it only while
-    holding the folder's :class:`RunLock` (another live writer's temporary file would go too)."""
+    """Remove the temporary files that writers killed mid-write left in ``folder`` and its subfolders (SRGAN's
+    ``crops/``); returns them. Call it only while holding the folder's :class:`RunLock` (another live writer's
+    temporary file would go too)."""
     removed = []
-    for p in Path(folder).iterdir():
+    for p in sorted(Path(folder).rglob(".*")):
         if p.is_file() and _PARTIAL.match(p.name) and p.name != LOCK_NAME:
             p.unlink(missing_ok=True)
             removed.append(p)

@@ -86,9 +86,14 @@ def test_lock_in_process_and_partial_file_cleanup(tmp_path):
     (tmp_path / ".last.npz.0123abcd.tmp").write_bytes(b"half")
     (tmp_path / ".out.png.89abcdef.png").write_bytes(b"half")
     (tmp_path / "last.npz").write_bytes(b"keep")
+    (tmp_path / "crops").mkdir()  # SRGAN's sample crops: a figure killed mid-write there too
+    (tmp_path / "crops" / ".step_000500.png.0a1b2c3d.png").write_bytes(b"half")
+    (tmp_path / "crops" / "step_000000.png").write_bytes(b"keep")
     assert sorted(p.name for p in runlock.cleanup_partial_files(tmp_path)) == [".last.npz.0123abcd.tmp",
-                                                                                ".out.png.89abcdef.png"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [runlock.LOCK_NAME, "last.npz"]
+                                                                                ".out.png.89abcdef.png",
+                                                                                ".step_000500.png.0a1b2c3d.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [runlock.LOCK_NAME, "crops", "last.npz"]
+    assert [p.name for p in (tmp_path / "crops").iterdir()] == ["step_000000.png"]
     a.release()
     runlock.RunLock(tmp_path).acquire().release()
 
