@@ -168,3 +168,23 @@ def test_winograd_ab_error_table_runs():
     rows = [line.split("|")[1:-1] for line in res.stdout.splitlines() if line.startswith("| VDSR middle |")]
     assert [r[1].strip() for r in rows] == ["output", "input grad", "weight grad"]
     assert all(0 <= float(v) < 1e-4 for r in rows for v in r[2:])  # float32 rounding, no more
+
+
+def test_layer_times_tiny(tmp_path):
+    """bench/layer_times.py on tiny shapes: every conv of VDSR-20 recorded from PyTorch and run by both libraries
+    (each in its own process) on the same arrays, with the same outputs."""
+    pytest.importorskip("torch")
+    out = tmp_path / "l.json"
+    res = subprocess.run([sys.executable, str(BENCH / "layer_times.py"), "--case", "train-vdsr", "--tiny",
+                          "--repeats", "1", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = json.loads(out.read_text())["layers"]
+    assert [r["weight"][:2] for r in rows] == [[64, 1]] + [[64, 64]] * 18 + [[1, 64]]
+    for r in rows:
+        for lib in ("minisr", "torch"):
+            assert r[lib]["fwd"] > 0 and r[lib]["fwd_bwd"] > 0
+            assert r[lib]["err"] < 1e-5, (r["name"], lib, r[lib]["err"])
+    assert "ratio minisr/torch: forward" in res.stdout
+    bad = subprocess.run([sys.executable, str(BENCH / "layer_times.py"), "--case", "nope"], capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode != 0 and "--case 'nope'" in bad.stderr and "Traceback" not in bad.stderr
