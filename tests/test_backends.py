@@ -299,26 +299,61 @@ def test_numba_shifted_gemm_convs(case, dt, monkeypatch):
 @pytest.mark.skipif("numba" not in OTHERS, reason="numba backend not importable")
 @pytest.mark.parametrize("dt", DTYPES)
 @pytest.mark.parametrize("run_cols", [40, 4096])
-def test_numba_shifted_convs_row_blocks_and_runs(dt, run_cols, monkeypatch):
+@pytest.mark.parametrize("k,p", [(3, 1), (5, 0), (3, 2)])
+@pytest.mark.parametrize("skip_min", [0, 10**9])
+def test_numba_shifted_convs_row_blocks_and_runs(dt, run_cols, k, p, skip_min, monkeypatch):
     """O = 16 output channels and C = 11 input channels (blocks of the kernel's rows and remainder blocks; a
-    weight gradient through the kernel's GEMM, as O is a multiple of a tile), on runs of 5 grid rows, which
-    start mid-image and span images (run_cols=40), or on runs of whole images (4096)."""
+    weight gradient through the kernel's GEMM, as O is a multiple of a tile), on runs of a few grid rows (run_cols=40:
+    pieces of an image's rows, or runs that span images where every row is needed) or of whole images (4096); 3x3
+    'same', 5x5 'valid' (grid rows below the outputs skipped) and 3x3 with padding 2 (padding rows skipped by the
+    input gradient)."""
     from minisr.backends.numba import conv_shifted, threads
 
     nbe = get_backend("numba")
     monkeypatch.setattr(conv_shifted, "_RUN_COLS", run_cols)
+    monkeypatch.setattr(conv_shifted, "_SKIP_MIN_COLS", skip_min)  # skipping the unneeded rows, or not
     if run_cols == 40:  # our kernels call no BLAS: they use every thread even when BLAS's count can't be set
         monkeypatch.setattr(threads, "_set_blas_threads", None)
         assert threads._threads(blas=False) == threads.numba.get_num_threads()
     rng = np.random.default_rng(3)
-    geometry = (3, 3, 1, 1, 1, 1)
-    x, w2 = rng.standard_normal((3, 11, 7, 6)).astype(dt), rng.standard_normal((16, 11 * 9)).astype(dt)
-    g = rng.standard_normal((3, 16, 7 * 6)).astype(dt)
+    geometry = (k, k, 1, 1, p, p)
+    H, W = 9, 8
+    Ho, Wo = H + 2 * p - k + 1, W + 2 * p - k + 1
+    x, w2 = rng.standard_normal((3, 11, H, W)).astype(dt), rng.standard_normal((16, 11 * k * k)).astype(dt)
+    g = rng.standard_normal((3, 16, Ho * Wo)).astype(dt)
     assert conv_shifted._shifted(x, 11, 1, 1)
     _assert_close(nbe.conv_forward(x, w2, *geometry), ref.conv_forward(x, w2, *geometry), dt, "forward")
     _assert_close(nbe.conv_weight_grad(g, x, *geometry), ref.conv_weight_grad(g, x, *geometry), dt, "weight gradient")
     _assert_close(nbe.conv_input_grad(w2, g, x.shape, *geometry), ref.conv_input_grad(w2, g, x.shape, *geometry), dt,
                   "input gradient")
+
+
+@pytest.mark.skipif("numba" not in OTHERS, reason="numba backend not importable")
+@pytest.mark.parametrize("N,H,k,p,run_cols", [(128, 25, 5, 0, 4096), (3, 9, 5, 0, 40), (1, 300, 3, 1, 4096),
+                                              (16, 41, 3, 1, 4096), (5, 7, 3, 2, 40), (2, 1, 3, 1, 4096)])
+@pytest.mark.parametrize("skip_min", [0, 10**9])
+def test_shifted_row_runs_cover_exactly_the_needed_rows(N, H, k, p, run_cols, skip_min, monkeypatch):
+    """row_runs(lo, hi) covers each image's grid rows [lo, hi) exactly once and, when it skips rows (skip_min 0),
+    never a row outside them, one image per run; otherwise (skip_min huge) every grid row, in runs across
+    images. Runs hold at most _RUN_COLS positions (or one row); their count is a multiple of the thread count
+    whenever the rows allow it."""
+    from minisr.backends.numba import conv_shifted, threads
+
+    monkeypatch.setattr(conv_shifted, "_RUN_COLS", run_cols)
+    monkeypatch.setattr(conv_shifted, "_SKIP_MIN_COLS", skip_min)
+    G = conv_shifted._Grid((N, 8, H, H), k, k, p, p)
+    T = threads._threads(blas=False)
+    for lo, hi in [(0, G.Ho), (p, p + H), (0, G.Hp)]:
+        runs = G.row_runs(lo, hi)
+        covered = [r for r0, r1 in runs for r in range(r0, r1)]
+        skip = skip_min == 0 and hi - lo < G.Hp
+        assert covered == [n * G.Hp + i for n in range(N) for i in (range(lo, hi) if skip else range(G.Hp))]
+        assert all(r1 > r0 and ((r1 - r0) * G.Wp <= run_cols or r1 - r0 == 1) for r0, r1 in runs)
+        if skip:
+            assert all(r0 // G.Hp == (r1 - 1) // G.Hp for r0, r1 in runs)
+        rows = N * (hi - lo if skip else G.Hp)
+        if rows >= 2 * T:
+            assert len(runs) % T == 0 or len(runs) == rows, (len(runs), T)
 
 
 @pytest.mark.skipif("numba" not in OTHERS, reason="numba backend not importable")
