@@ -304,9 +304,11 @@ def pack(a_taps: np.ndarray, MB: int) -> list:
     return blocks
 
 
-def _check(ok: bool, what: str) -> None:
+def _check(ok: bool, what) -> None:
+    """Raise when not ``ok``; ``what()`` describes the arguments (a function: formatting shapes on every call of
+    a kernel that takes ~50 us costs more than the check itself)."""
     if not ok:
-        raise ValueError(f"shifted kernel: {what}: out of bounds or wrong layout")
+        raise ValueError(f"shifted kernel: {what()}: out of bounds or wrong layout")
 
 
 def shifted_gemm(blocks: list, B: np.ndarray, offs: np.ndarray, out: np.ndarray, ntiles: int) -> None:
@@ -318,8 +320,8 @@ def shifted_gemm(blocks: list, B: np.ndarray, offs: np.ndarray, out: np.ndarray,
     _check(B.flags.c_contiguous and out.flags.c_contiguous and B.dtype == out.dtype == blocks[0][2].dtype
            and blocks[0][2].shape[2] == B.shape[0] and out.shape[0] >= M and out.shape[1] >= ntiles * TILE
            and offs.dtype == np.int64 and offs.min() >= 0 and B.shape[1] >= ntiles * TILE + int(offs.max()),
-           f"B {B.shape} {B.dtype}, out {out.shape} {out.dtype}, {M} rows, {ntiles} tiles of {TILE}, offsets "
-           f"{offs.min()}..{offs.max()}")
+           lambda: f"B {B.shape} {B.dtype}, out {out.shape} {out.dtype}, {M} rows, {ntiles} tiles of {TILE}, "
+                   f"offsets {offs.min()}..{offs.max()}")
     for m0, mb, packed in blocks:
         nshift, K = packed.shape[1], packed.shape[2]
         kernel(mb, _NV, B.dtype)(packed.ctypes.data, B.ctypes.data, out[m0:].ctypes.data, offs.ctypes.data, nshift,
@@ -343,7 +345,8 @@ def gemm_nt(A: np.ndarray, B: np.ndarray, boffs: np.ndarray, out: np.ndarray) ->
     _check(Q % VW == 0 and A.dtype == B.dtype == out.dtype and A.strides[1] == A.itemsize and B.ndim == 1
            and B.flags.c_contiguous and out.flags.c_contiguous and out.shape == (M, N) and boffs.dtype == np.int64
            and boffs.flags.c_contiguous and N > 0 and boffs.min() >= 0 and int(boffs.max()) + Q <= B.size,
-           f"A {A.shape} strides {A.strides}, B {B.shape}, offsets {boffs.min()}..{boffs.max()}, out {out.shape}")
+           lambda: f"A {A.shape} strides {A.strides}, B {B.shape}, offsets {boffs.min()}..{boffs.max()}, "
+                   f"out {out.shape}")
     lda = A.strides[0] // A.itemsize
     for m0, m1, mb in ((0, M // MB * MB, MB), (M // MB * MB, M, M % MB)):
         for n0, n1, nb in ((0, N // NB * NB, NB), (N // NB * NB, N, N % NB)):
