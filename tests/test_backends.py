@@ -299,7 +299,7 @@ def test_numba_shifted_gemm_convs(case, dt, monkeypatch):
 @pytest.mark.skipif("numba" not in OTHERS, reason="numba backend not importable")
 @pytest.mark.parametrize("dt", DTYPES)
 @pytest.mark.parametrize("run_cols", [40, 4096])
-@pytest.mark.parametrize("k,p", [(3, 1), (5, 0), (3, 2)])
+@pytest.mark.parametrize("k,p", [(3, 1), (5, 0), (3, 2), (1, 1), (5, 3)])
 @pytest.mark.parametrize("skip_min", [0, 10**9])
 def test_numba_shifted_convs_row_blocks_and_runs(dt, run_cols, k, p, skip_min, monkeypatch):
     """O = 16 output channels and C = 11 input channels (blocks of the kernel's rows and remainder blocks; a
@@ -326,6 +326,14 @@ def test_numba_shifted_convs_row_blocks_and_runs(dt, run_cols, k, p, skip_min, m
     _assert_close(nbe.conv_weight_grad(g, x, *geometry), ref.conv_weight_grad(g, x, *geometry), dt, "weight gradient")
     _assert_close(nbe.conv_input_grad(w2, g, x.shape, *geometry), ref.conv_input_grad(w2, g, x.shape, *geometry), dt,
                   "input gradient")
+    # the fused kernels (bias and ReLU in the forward's output pass, ReLU's mask applied as g is copied)
+    b = rng.standard_normal(16).astype(dt)
+    y = nbe.conv_fused_forward(x, w2, b, True, *geometry)
+    _assert_close(y, ref.conv_fused_forward(x, w2, b, True, *geometry), dt, "fused forward")
+    got = nbe.conv_fused_backward(g, y, x, w2, *geometry, True, True, True)
+    want = ref.conv_fused_backward(g, y, x, w2, *geometry, True, True, True)
+    for a, r, what in zip(got, want, ("fused dx", "fused dw", "fused db")):
+        _assert_close(a, r, dt, what)
 
 
 @pytest.mark.skipif("numba" not in OTHERS, reason="numba backend not importable")
