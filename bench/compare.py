@@ -155,7 +155,15 @@ def parse_args(argv=None):
     ap.add_argument("--memory-child", nargs=2, metavar=("CASE", "LIB"), help=argparse.SUPPRESS)
     ap.add_argument("--time-child", nargs=2, metavar=("CASE", "LIB"), help=argparse.SUPPRESS)
     ap.add_argument("--no-jax", action="store_true", help="no JAX column even where JAX is importable")
+    ap.add_argument("--keep-heap", action="store_true",
+                    help="separate-process mode: run PyTorch's (and JAX's) timing children with glibc's mmap and "
+                         "trim thresholds at 1 GB, so that freed buffers stay on the heap -- PyTorch's isolated "
+                         "layer calls then stop page-faulting a fresh output every call (~5,000 faults, several ms "
+                         "per VDSR layer here) and the layer rows compare kernels; steps change little")
     args = ap.parse_args(argv)
+    if args.keep_heap and args.same_process:
+        ap.error("--keep-heap sets the timing children's memory settings: it needs the separate-process mode, "
+                 "not --same-process")
     quick = dict(repeats=2, warmup=0, pause=0.0, infer_repeats=1, memory_steps=1, rounds=1)
     normal = dict(repeats=10 if args.same_process else 5, warmup=2, pause=0.2, infer_repeats=3, memory_steps=3,
                   rounds=3)
@@ -427,9 +435,14 @@ def _child_cmd(flag, cid, lib, args):
             + (["--tiny"] if args.tiny else []))
 
 
+#: glibc settings of ``--keep-heap``: freed memory stays on the heap instead of going back to the system
+KEEP_HEAP = dict(MALLOC_MMAP_THRESHOLD_="1000000000", MALLOC_TRIM_THRESHOLD_="1000000000")
+
+
 def run_child(cid, lib, args) -> dict:
     """{pass: [seconds]} from a timing child process."""
-    res = subprocess.run(_child_cmd("--time-child", cid, lib, args), capture_output=True, text=True)
+    env = dict(os.environ, **KEEP_HEAP) if getattr(args, "keep_heap", False) and lib != "minisr" else None
+    res = subprocess.run(_child_cmd("--time-child", cid, lib, args), capture_output=True, text=True, env=env)
     try:
         return json.loads(res.stdout.strip().splitlines()[-1])["times"]
     except (IndexError, json.JSONDecodeError, KeyError):
@@ -625,6 +638,8 @@ def settings_line(meta) -> str:
                 f"rounds' medians" + ("; JAX (jit, XLA CPU) as a third library" if s.get("jax") else "")
                 + (f"; peak memory over {s['memory_steps']} steps in child processes"
                                       if s["memory"] else "")
+                + ("; PyTorch's children with freed memory kept on the heap (--keep-heap)"
+                   if s.get("keep_heap") else "")
                 + ("; TINY shapes" if s["tiny"] else "") + ("; --quick" if s["quick"] else ""))
     return (f"{mode_text(s)}: {s['repeats']} interleaved repeats after {s['warmup']} warm-up "
             f"(inference {s['infer_repeats']}), "
@@ -759,7 +774,7 @@ def main(argv=None):
                     threads=args.threads, backend=args.backend, dtype=args.dtype, repeats=args.repeats,
                     warmup=args.warmup, pause=args.pause, infer_repeats=args.infer_repeats,
                     memory_steps=args.memory_steps, memory=not args.no_memory, tiny=args.tiny, quick=args.quick,
-                    cases=[c[0] for c in cases], jax=args.jax)
+                    cases=[c[0] for c in cases], jax=args.jax, keep_heap=args.keep_heap)
     meta = dict(date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                 command="python bench/compare.py " + " ".join(sys.argv[1:] if argv is None else argv),
                 settings=settings, machine=C.machine_info(), loadavg_before=list(os.getloadavg()))

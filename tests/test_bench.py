@@ -5,6 +5,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -188,3 +189,36 @@ def test_layer_times_tiny(tmp_path):
     bad = subprocess.run([sys.executable, str(BENCH / "layer_times.py"), "--case", "nope"], capture_output=True,
                          text=True, timeout=60)
     assert bad.returncode != 0 and "--case 'nope'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_compare_keep_heap_sets_the_torch_childs_malloc_only(monkeypatch):
+    """--keep-heap: PyTorch's (and JAX's) timing children run with glibc's thresholds raised, minisr's as it is; the
+    Markdown says so; it is refused with --same-process."""
+    mod = load_compare()
+    seen = {}
+
+    class Done:
+        returncode, stderr = 0, ""
+        stdout = json.dumps(dict(times={"fwd": [0.001]}))
+
+    def fake_run(cmd, **kw):
+        seen[cmd[cmd.index("--time-child") + 2]] = kw.get("env")
+        return Done()
+
+    monkeypatch.setattr(mod, "subprocess", types.SimpleNamespace(run=fake_run))  # (this module's subprocess stays)
+    args = mod.argparse.Namespace(threads=1, backend="numba", dtype="float32", repeats=1, warmup=0, infer_repeats=1,
+                                  memory_steps=1, tiny=True, keep_heap=True)
+    for lib in ("minisr", "torch", "jax"):
+        assert mod.run_child("conv-vdsr", lib, args) == {"fwd": [0.001]}
+    assert seen["minisr"] is None
+    for lib in ("torch", "jax"):
+        assert {k: seen[lib][k] for k in mod.KEEP_HEAP} == mod.KEEP_HEAP
+    args.keep_heap = False
+    mod.run_child("conv-vdsr", "torch", args)
+    assert seen["torch"] is None
+    meta = fake_result()["meta"]
+    meta["settings"].update(mode="separate", rounds=3, keep_heap=True)
+    assert "--keep-heap" in mod.settings_line(meta)
+    res = subprocess.run([sys.executable, str(BENCH / "compare.py"), "--keep-heap", "--same-process", "--tiny"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "--keep-heap" in res.stderr and "Traceback" not in res.stderr
