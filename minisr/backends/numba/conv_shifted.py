@@ -272,5 +272,5 @@ def _conv_input_grad_shifted(w2, g, x_shape, kh, kw, ph, pw, y=None):
             shifted_kernel.shifted_gemm(taps, gr, offsets, dy, tiles)
             _extract_rows(dy, r0, r1, G.Hp, G.Wp, ph, pw, dx)
 
-    _run(G.row_runs(ph, ph + G.Hp - 2 * ph), work, blas=False)  # (our kernels: no BLAS calls)
+    _run(G.row_runs(ph, G.Hp - ph), work, blas=False)  # (our kernels: no BLAS calls)
     return dx
