@@ -47,3 +47,17 @@ def cuda():
         return
     with cuda_emu.emulated():
         yield "emulator"
+
+
+def write_tiny_training_images(folder, shapes, seed=5):
+    """PNG training images for the CLI tests: uint8 noise of each (h, w[, c]) in ``shapes`` enlarged x4 by bicubic
+    (smooth enough to train on, small enough to be fast); returns ``folder``."""
+    from minisr.data import imresize
+    from minisr.data.io import write_image
+
+    rng = np.random.default_rng(seed)
+    for i, shape in enumerate(shapes):
+        noise = rng.integers(0, 256, size=shape).astype(np.float64)
+        write_image(folder / f"im{i}.png", np.clip(imresize(noise, 4), 0, 255).astype(np.uint8))
+    return folder
+

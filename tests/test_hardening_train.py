@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_tiny_training_images
 
 from minisr import backends, checkpoint, runlock, train
-from minisr.data import imresize, write_image
 
 TINY = ["--features", "8,4", "--patch", "20", "--stride", "10", "--batch-size", "4", "--backend", "numpy"]
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), MPLBACKEND="Agg")
@@ -33,12 +33,7 @@ def _keep_the_cpu_backend():
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(5)
-    for i, shape in enumerate([(10, 12, 3), (11, 10, 3), (10, 10)]):
-        noise = rng.integers(0, 256, size=shape).astype(np.float64)
-        write_image(folder / f"im{i}.png", np.clip(imresize(noise, 4), 0, 255).astype(np.uint8))
-    return folder
+    return write_tiny_training_images(tmp_path_factory.mktemp("data"), [(10, 12, 3), (11, 10, 3), (10, 10)])
 
 
 def args(data, out, *extra):

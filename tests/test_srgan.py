@@ -10,11 +10,11 @@ import math
 
 import numpy as np
 import pytest
+from conftest import write_tiny_training_images
 
 import minisr
 import minisr.functional as F
 from minisr import Tensor, checkpoint, gan, models, nn, optim, train
-from minisr.data import imresize, write_image
 
 SMALL_G = dict(scale=2, n_blocks=1, n_feats=4)
 SMALL_D = dict(n_feats=2, fc=6)
@@ -287,12 +287,7 @@ def test_a_stuck_generator_and_a_fast_discriminator_trigger_both_alerts(rng):
 # ------------------------------------------------------------------------------------------- the CLI end to end
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(5)
-    for i, shape in enumerate([(10, 12, 3), (11, 10, 3), (12, 12, 3)]):
-        noise = rng.integers(0, 256, size=shape).astype(np.float64)
-        write_image(folder / f"im{i}.png", np.clip(imresize(noise, 4), 0, 255).astype(np.uint8))
-    return folder
+    return write_tiny_training_images(tmp_path_factory.mktemp("data"), [(10, 12, 3), (11, 10, 3), (12, 12, 3)])
 
 
 def make_init(path, zero_tail=False):

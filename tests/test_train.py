@@ -10,11 +10,11 @@ import sys
 import imageio.v3 as iio
 import numpy as np
 import pytest
+from conftest import write_tiny_training_images
 
 from minisr import checkpoint, models, train
 from minisr import functional as F
 from minisr import optim as O
-from minisr.data import imresize, write_image
 
 # Tiny budgets: 3 small images, narrow models, a few steps. Validation runs on the same folder.
 TINY_ARGS = {
@@ -27,12 +27,7 @@ TINY_ARGS = {
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(5)
-    for i, shape in enumerate([(10, 12, 3), (11, 10, 3), (10, 10)]):
-        noise = rng.integers(0, 256, size=shape).astype(np.float64)
-        write_image(folder / f"im{i}.png", np.clip(imresize(noise, 4), 0, 255).astype(np.uint8))
-    return folder
+    return write_tiny_training_images(tmp_path_factory.mktemp("data"), [(10, 12, 3), (11, 10, 3), (10, 10)])
 
 
 def argv(model, data, out, *extra):
