@@ -306,7 +306,7 @@ def test_numba_shifted_gemm_convs(case, dt, monkeypatch):
 def test_numba_shifted_convs_row_blocks_and_runs(dt, run_cols, k, p, skip_min, monkeypatch):
     """O = 16 output channels and C = 11 input channels (blocks of the kernel's rows and remainder blocks; a
     weight gradient through the kernel's GEMM, as O is a multiple of a tile), on runs of a few grid rows (run_cols=40:
-    pieces of an image's rows, or runs that span images where every row is needed) or of whole images (4096); 3x3
+    pieces of an image's rows, or runs that span images, some holding junk rows only) or of whole images (4096); 3x3
     'same', 5x5 'valid' (grid rows below the outputs skipped) and 3x3 with padding 2 (padding rows skipped by the
     input gradient)."""
     from minisr.backends.numba import conv_shifted, threads
@@ -367,6 +367,43 @@ def test_shifted_row_runs_cover_exactly_the_needed_rows(N, H, k, p, run_cols, sk
 
 
 @pytest.mark.skipif("numba" not in OTHERS, reason="numba backend not importable")
+@pytest.mark.parametrize("N,H,k,p,run_cols", [(128, 25, 5, 0, 4096), (3, 9, 5, 0, 40), (1, 300, 3, 1, 4096),
+                                              (16, 41, 3, 1, 4096), (5, 7, 3, 2, 40), (2, 1, 3, 1, 4096),
+                                              (4, 3, 3, 0, 40)])
+@pytest.mark.parametrize("step", [1, 16, 48])
+def test_shifted_segments_cover_exactly_the_needed_rows(N, H, k, p, run_cols, step, monkeypatch):
+    """In runs across images (every grid row), the segments of _segments_needed(lo, hi) cover each image's rows
+    [lo, hi) and (up to the rounding to whole steps, which never overlaps, and gaps shorter than a step, merged)
+    no other row; _tile_starts lists their tiles."""
+    from minisr.backends.numba import conv_shifted
+
+    monkeypatch.setattr(conv_shifted, "_RUN_COLS", run_cols)
+    monkeypatch.setattr(conv_shifted, "_SKIP_MIN_COLS", 10**9)
+    G = conv_shifted._Grid((N, 8, H, H), k, k, p, p)
+    for lo, hi in [(0, G.Ho), (p, p + H), (0, G.Hp)]:
+        runs = G.row_runs(lo, hi)
+        assert [r for r0, r1 in runs for r in range(r0, r1)] == list(range(N * G.Hp))
+        needed = {(n * G.Hp + i) * G.Wp + j for n in range(N) for i in range(lo, hi) for j in range(G.Wp)}
+        covered = []
+        for r0, r1 in runs:
+            segs = conv_shifted._segments_needed(r0, r1, G.Hp, G.Wp, lo, hi, step)
+            assert (segs[:, 1] > 0).all() and (np.diff(segs[:, 0]) > 0).all()
+            ends = segs[:, 0] + segs[:, 1] * step
+            assert (segs[1:, 0] >= ends[:-1]).all()  # no position twice
+            got = {r0 * G.Wp + q for a, e in zip(segs[:, 0], ends) for q in range(a, e)}
+            in_run = {q for q in needed if r0 * G.Wp <= q < r1 * G.Wp}
+            assert in_run <= got  # every needed position of the run
+            rel = {q - r0 * G.Wp for q in in_run}
+            for q in {q - r0 * G.Wp for q in got - in_run}:  # the rounding at a segment's end, or a short gap
+                assert any(e - step < q < e for e in ends) or any(q + d in rel for d in range(1, step)), q
+            covered += sorted(in_run)
+            starts, end = conv_shifted._tile_starts(segs, step)
+            assert starts.tolist() == [a + j * step for a, c in segs for j in range(c)]
+            assert end == (ends[-1] if len(segs) else 0)
+        assert covered == sorted(needed)
+
+
+@pytest.mark.skipif("numba" not in OTHERS, reason="numba backend not importable")
 @pytest.mark.parametrize("dt", DTYPES)
 def test_shifted_kernel_definition_and_bounds(dt):
     """The hand-written kernels compute their definitions -- shifted_gemm: out[m, n] = sum_k sum_c A[k, m, c]
@@ -378,17 +415,21 @@ def test_shifted_kernel_definition_and_bounds(dt):
     MB, TILE = sk.block_shape(dt)
     M, K, ntiles, offs = 2 * MB + 3, 7, 3, np.array([0, 1, 5, 9], np.int64)
     A = rng.standard_normal((len(offs), M, K)).astype(dt)
-    B = rng.standard_normal((K, ntiles * TILE + 9)).astype(dt)
-    out = np.full((M, ntiles * TILE), np.nan, dt)
-    sk.shifted_gemm(sk.pack(A, MB), B, offs, out, ntiles)
-    n = np.arange(ntiles * TILE)
-    _assert_close(out, sum(A[k] @ B[:, n + o] for k, o in enumerate(offs)), dt, "shifted_gemm")
+    B = rng.standard_normal((K, ntiles * TILE + 9 + 5)).astype(dt)
+    for starts in (sk.tile_starts(ntiles, dt), np.array([2 * TILE + 5, 3, 3 + TILE], np.int64)):  # any order
+        out = np.full((M, ntiles * TILE + 5), np.nan, dt)
+        sk.shifted_gemm(sk.pack(A, MB), B, offs, out, starts)
+        n = (starts[:, None] + np.arange(TILE)).ravel()  # the tiles' columns: written; the others: not
+        _assert_close(out[:, n], sum(A[k] @ B[:, n + o] for k, o in enumerate(offs)), dt, "shifted_gemm")
+        assert np.isnan(np.delete(out, n, axis=1)).all()
     with pytest.raises(ValueError, match="out of bounds"):
-        sk.shifted_gemm(sk.pack(A, MB), B[:, :-1].copy(), offs, out, ntiles)
+        sk.shifted_gemm(sk.pack(A, MB), B[:, :-6].copy(), offs, out, starts)
+    with pytest.raises(ValueError, match="out of bounds"):
+        sk.shifted_gemm(sk.pack(A, MB), B, offs, out[:, :-1].copy(), starts)
 
     MB, NB, VW = sk.dot_shape(dt)
     for M, N in [(2 * MB + 1, 3 * NB + 2), (1, 1), (MB, NB)]:
-        Q = 5 * VW
+        Q = 6 * VW
         A = rng.standard_normal((M, Q + 7)).astype(dt)[:, 3:3 + Q]
         B = rng.standard_normal(400).astype(dt)
         boffs = rng.integers(0, B.size - Q + 1, N).astype(np.int64)
@@ -396,8 +437,15 @@ def test_shifted_kernel_definition_and_bounds(dt):
         want = out + A @ np.stack([B[o:o + Q] for o in boffs]).T
         sk.gemm_nt(A, B, boffs, out)
         _assert_close(out, want, dt, f"gemm_nt {M}x{N}")
+        segs = np.array([[VW + 3, 1], [2 * VW + 5, 2]], np.int64)  # q in [VW + 3, 2 VW + 3) and [2 VW + 5, 4 VW + 5)
+        q = np.r_[VW + 3:2 * VW + 3, 2 * VW + 5:4 * VW + 5]
+        want = out + A[:, q] @ np.stack([B[o + q] for o in boffs]).T
+        sk.gemm_nt(A, B, boffs, out, segs)
+        _assert_close(out, want, dt, f"gemm_nt {M}x{N}, segments")
     with pytest.raises(ValueError, match="out of bounds"):
         sk.gemm_nt(A, B, boffs + (B.size - Q + 1 - boffs.max()), out)
+    with pytest.raises(ValueError, match="out of bounds"):
+        sk.gemm_nt(A, B, boffs, out, np.array([[Q - VW + 1, 1]], np.int64))  # past A's row
 
 
 @pytest.mark.skipif("numba" not in OTHERS, reason="numba backend not importable")

@@ -1,8 +1,8 @@
 """The hand-written CPU kernels of the stride-1 convolutions, in LLVM IR built with llvmlite (the compiler
 library under Numba), compiled at first use for this machine's CPU. Two of them:
 
-    shifted_gemm:  out[m, n] = sum_k sum_c A[k, m, c] * B[c, n + offs[k]]        n < ntiles * TILE
-    gemm_nt:       out[m, n] += sum_q A[m, q] * B[boffs[n] + q]                 q < Q
+    shifted_gemm:  out[m, n] = sum_k sum_c A[k, m, c] * B[c, n + offs[k]]        n in the tiles at starts[t]
+    gemm_nt:       out[m, n] += sum_q A[m, q] * B[boffs[n] + q]                 q in the segments segs[s]
 
 With B a zero-padded image (channels x positions of its padded grid) and offs[k] the grid offset of the
 filter's tap k, shifted_gemm is a convolution's forward (A = the weights, tap by tap), and with B the output
@@ -16,7 +16,7 @@ direct convolutions run at ~95%. Why not Numba: LLVM does not keep a Numba loop'
 registers (measured: 20 GFLOP/s). Here the accumulators are SSA values of vector type, so they stay in
 registers for the whole sum. shifted_gemm:
 
-    for each tile of TILE = NV * VW columns n (VW = numbers per SIMD register):
+    for each tile of TILE = NV * VW columns n (VW = numbers per SIMD register), n from starts[t]:
         for each block of MB rows m:
             acc[MB][NV] = 0                                   MB*NV registers (8 x 3 with AVX-512)
             for k in taps:  for c in 0..K-1:
@@ -28,6 +28,11 @@ A step reads MB + NV*VW numbers for MB*NV*VW multiply-adds, and the row blocks o
 columns from the L1 cache; ``pack`` lays A out in the order the kernel reads it. gemm_nt keeps MB x NB
 vectors of partial sums over q (4 x 6 with AVX-512: MB + NB vector loads per MB*NB multiply-adds) and adds
 each one's lanes into out at the end.
+
+The tiles' starts (and gemm_nt's segments of q) are arguments so that a convolution computes only the grid
+positions it needs: below an image's last output row, a 'valid' convolution's grid holds kh - 1 rows of junk
+(SRCNN's 25x25 grid of 21x21 outputs: 16% of the work), and a run of rows spanning several images can skip
+them in one call.
 """
 
 from __future__ import annotations
@@ -67,9 +72,9 @@ def block_shape(dtype) -> tuple[int, int]:
 
 
 class _Function:
-    """An LLVM function being written: void name(real *A, real *B, real *out, int64 *offsets, int64 ...),
-    with the few helpers both kernels need. ``compile()`` returns it as a ctypes function (which releases the
-    GIL while it runs)."""
+    """An LLVM function being written: void name(real *A, real *B, real *out, int64 *offsets, int64 *starts,
+    int64 ...), with the few helpers both kernels need. ``compile()`` returns it as a ctypes function (which
+    releases the GIL while it runs)."""
 
     def __init__(self, name: str, dtype, n_ints: int, MB: int, NV: int):
         import llvmlite.ir as ir
@@ -81,9 +86,9 @@ class _Function:
         self.vec, self.i64 = ir.VectorType(real, self.VW), ir.IntType(64)
         self.module = ir.Module(name=name)
         ptr = real.as_pointer()
-        self.fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [ptr, ptr, ptr, self.i64.as_pointer()]
+        self.fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [ptr, ptr, ptr] + [self.i64.as_pointer()] * 2
                                                            + [self.i64] * n_ints), name)
-        for a in self.fn.args[:4]:
+        for a in self.fn.args[:5]:
             a.add_attribute("noalias")
         self.fma = ir.Function(self.module, ir.FunctionType(self.vec, [self.vec] * 3),
                                f"llvm.fmuladd.v{self.VW}f{8 * self.it}")
@@ -134,7 +139,7 @@ class _Function:
         engine = llvm.create_mcjit_compiler(module, tm)
         engine.finalize_object()
         P, I = ctypes.c_void_p, ctypes.c_int64
-        fn = ctypes.CFUNCTYPE(None, P, P, P, P, *[I] * self.n_ints)(engine.get_function_address(self.name))
+        fn = ctypes.CFUNCTYPE(None, P, P, P, P, P, *[I] * self.n_ints)(engine.get_function_address(self.name))
         fn.engine = engine  # (keeps the machine code alive)
         return fn
 
@@ -158,15 +163,15 @@ def _optimise(llvm, module, tm) -> None:
 
 
 def _build(MB: int, NV: int, dtype):
-    """kern(A, B, out, offs, nshift, K, ldb, ldo, ntiles, nmb): ``shifted_gemm`` for blocks of MB rows and
-    tiles of NV vectors, A packed as ``pack`` does."""
+    """kern(A, B, out, offs, starts, nshift, K, ldb, ldo, ntiles, nmb): ``shifted_gemm`` for blocks of MB rows
+    and tiles of NV vectors, tile t at column starts[t], A packed as ``pack`` does."""
     f = _Function("kern", dtype, 6, MB, NV)
     ir, b, acc, const, VW = f.ir, f.b, f.acc, f.const, f.VW
-    A, B, OUT, OFFS, NSHIFT, K, LDB, LDO, NTILES, NMB = f.fn.args
+    A, B, OUT, OFFS, STARTS, NSHIFT, K, LDB, LDO, NTILES, NMB = f.fn.args
     splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), VW), [0] * VW)
 
     def tile(t):
-        n = b.mul(t, const(VW * NV))
+        n = b.load(b.gep(STARTS, [t]))
 
         def row_block(mb):
             for row in acc:
@@ -204,11 +209,12 @@ def _build(MB: int, NV: int, dtype):
 
 
 def _build_dot(MB: int, NB: int, dtype):
-    """dot(A, B, out, boffs, lda, ldo, nq, nmb, nnb): ``gemm_nt`` for blocks of MB rows of A and NB rows of B
-    (row n of B starts at B + boffs[n]): out[m, n] += sum_q A[m*lda + q] * B[boffs[n] + q], q < nq * VW."""
+    """dot(A, B, out, boffs, segs, lda, ldo, nseg, nmb, nnb): ``gemm_nt`` for blocks of MB rows of A and NB rows
+    of B (row n of B starts at B + boffs[n]): out[m, n] += sum_q A[m*lda + q] * B[boffs[n] + q] over the
+    segments s < nseg of q, q = segs[2 s] + (0 .. segs[2 s + 1] * VW - 1)."""
     f = _Function("dot", dtype, 5, MB, NB)
     ir, b, acc, const, VW = f.ir, f.b, f.acc, f.const, f.VW
-    A, B, OUT, BOFFS, LDA, LDO, NQ, NMB, NNB = f.fn.args
+    A, B, OUT, BOFFS, SEGS, LDA, LDO, NSEG, NMB, NNB = f.fn.args
     i32 = ir.IntType(32)
 
     def lanes_sum(v):  # halve the vector until one lane is left
@@ -230,15 +236,20 @@ def _build_dot(MB: int, NB: int, dtype):
                 for a in row:
                     b.store(f.zero(), a)
 
-            def step(t):
-                q = b.mul(t, const(VW))
-                xs = [f.vector(A, b.add(r, q)) for r in a_rows]
-                for j in range(NB):
-                    y = f.vector(B, b.add(b_rows[j], q))
-                    for i in range(MB):
-                        b.store(b.call(f.fma, [xs[i], y, b.load(acc[i][j])]), acc[i][j])
+            def segment(s):
+                q0 = b.load(b.gep(SEGS, [b.mul(s, const(2))]))
 
-            f.loop(NQ, step)
+                def step(t):
+                    q = b.add(q0, b.mul(t, const(VW)))
+                    xs = [f.vector(A, b.add(r, q)) for r in a_rows]
+                    for j in range(NB):
+                        y = f.vector(B, b.add(b_rows[j], q))
+                        for i in range(MB):
+                            b.store(b.call(f.fma, [xs[i], y, b.load(acc[i][j])]), acc[i][j])
+
+                f.loop(b.load(b.gep(SEGS, [b.add(b.mul(s, const(2)), const(1))])), step)
+
+            f.loop(NSEG, segment)
             for i in range(MB):
                 row = b.mul(b.add(b.mul(mb, const(MB)), const(i)), LDO)
                 for j in range(NB):
@@ -311,21 +322,31 @@ def _check(ok: bool, what) -> None:
         raise ValueError(f"shifted kernel: {what()}: out of bounds or wrong layout")
 
 
-def shifted_gemm(blocks: list, B: np.ndarray, offs: np.ndarray, out: np.ndarray, ntiles: int) -> None:
-    """out[m, n] = sum_k sum_c A[k, m, c] * B[c, n + offs[k]] for n < ntiles * TILE (TILE from
-    ``block_shape(dtype)``), A as packed by ``pack(A, block_shape(dtype)[0])``. B and out are C-contiguous
-    2-D arrays of A's dtype, and B holds every column read: B.shape[1] >= ntiles * TILE + max(offs)."""
+def tile_starts(ntiles: int, dtype) -> np.ndarray:
+    """The columns 0, TILE, 2 TILE, ... of ``ntiles`` tiles side by side: ``shifted_gemm``'s starts for a whole
+    block of columns."""
+    return np.arange(ntiles, dtype=np.int64) * block_shape(dtype)[1]
+
+
+def shifted_gemm(blocks: list, B: np.ndarray, offs: np.ndarray, out: np.ndarray, starts: np.ndarray) -> None:
+    """out[m, n] = sum_k sum_c A[k, m, c] * B[c, n + offs[k]] for the columns n of the tiles that start at
+    ``starts`` (int64; TILE columns each, TILE from ``block_shape(dtype)``; other columns of out are not
+    written), A as packed by ``pack(A, block_shape(dtype)[0])``. B and out are C-contiguous 2-D arrays of A's
+    dtype, and B holds every column read: B.shape[1] >= max(starts) + TILE + max(offs)."""
     TILE = block_shape(B.dtype)[1]
     M = sum(packed.shape[0] * mb for _, mb, packed in blocks)
+    end = int(starts.max()) + TILE if len(starts) else 0
     _check(B.flags.c_contiguous and out.flags.c_contiguous and B.dtype == out.dtype == blocks[0][2].dtype
-           and blocks[0][2].shape[2] == B.shape[0] and out.shape[0] >= M and out.shape[1] >= ntiles * TILE
-           and offs.dtype == np.int64 and offs.min() >= 0 and B.shape[1] >= ntiles * TILE + int(offs.max()),
-           lambda: f"B {B.shape} {B.dtype}, out {out.shape} {out.dtype}, {M} rows, {ntiles} tiles of {TILE}, "
-                   f"offsets {offs.min()}..{offs.max()}")
+           and blocks[0][2].shape[2] == B.shape[0] and out.shape[0] >= M and out.shape[1] >= end
+           and offs.dtype == starts.dtype == np.int64 and starts.flags.c_contiguous and offs.min() >= 0
+           and (len(starts) == 0 or starts.min() >= 0) and B.shape[1] >= end + int(offs.max()),
+           lambda: f"B {B.shape} {B.dtype}, out {out.shape} {out.dtype}, {M} rows, tiles of {TILE} from "
+                   f"{starts.min() if len(starts) else '-'} to {end}, offsets {offs.min()}..{offs.max()}")
     for m0, mb, packed in blocks:
         nshift, K = packed.shape[1], packed.shape[2]
-        kernel(mb, _NV, B.dtype)(packed.ctypes.data, B.ctypes.data, out[m0:].ctypes.data, offs.ctypes.data, nshift,
-                                 K, B.shape[1], out.shape[1], ntiles, packed.shape[0])
+        kernel(mb, _NV, B.dtype)(packed.ctypes.data, B.ctypes.data, out[m0:].ctypes.data, offs.ctypes.data,
+                                 starts.ctypes.data, nshift, K, B.shape[1], out.shape[1], len(starts),
+                                 packed.shape[0])
 
 
 def dot_shape(dtype) -> tuple[int, int, int]:
@@ -336,20 +357,27 @@ def dot_shape(dtype) -> tuple[int, int, int]:
     return MB, NB, vbytes // np.dtype(dtype).itemsize
 
 
-def gemm_nt(A: np.ndarray, B: np.ndarray, boffs: np.ndarray, out: np.ndarray) -> None:
-    """out[m, n] += sum_q A[m, q] * B[boffs[n] + q], for A (M, Q) with unit column stride (any row stride) and
-    Q a multiple of VW (``dot_shape``), B a C-contiguous 1-D array, boffs int64 (N,) and out (M, N)
-    C-contiguous: A @ B'^T for the rows of B' at those offsets of B."""
+def gemm_nt(A: np.ndarray, B: np.ndarray, boffs: np.ndarray, out: np.ndarray, segs: np.ndarray | None = None) -> None:
+    """out[m, n] += sum_q A[m, q] * B[boffs[n] + q], for A (M, Q) with unit column stride (any row stride), B a
+    C-contiguous 1-D array, boffs int64 (N,) and out (M, N) C-contiguous: A @ B'^T for the rows of B' at those
+    offsets of B. The sum runs over all q < Q (Q a multiple of VW, ``dot_shape``), or with ``segs`` (int64
+    (S, 2)) over the segments q0 <= q < q0 + nv * VW of its rows (q0, nv) only."""
     (M, Q), N = A.shape, len(boffs)
     MB, NB, VW = dot_shape(A.dtype)
-    _check(Q % VW == 0 and A.dtype == B.dtype == out.dtype and A.strides[1] == A.itemsize and B.ndim == 1
+    if segs is None:
+        segs = np.array([[0, Q // VW]], np.int64) if Q % VW == 0 else np.zeros((0, 2), np.int64)
+    ends = segs[:, 0] + segs[:, 1] * VW
+    _check(A.dtype == B.dtype == out.dtype and A.strides[1] == A.itemsize and B.ndim == 1
            and B.flags.c_contiguous and out.flags.c_contiguous and out.shape == (M, N) and boffs.dtype == np.int64
-           and boffs.flags.c_contiguous and N > 0 and boffs.min() >= 0 and int(boffs.max()) + Q <= B.size,
+           and boffs.flags.c_contiguous and N > 0 and boffs.min() >= 0 and segs.dtype == np.int64
+           and segs.flags.c_contiguous and len(segs) > 0 and segs.min() >= 0 and int(ends.max()) <= Q
+           and int(boffs.max()) + int(ends.max()) <= B.size,
            lambda: f"A {A.shape} strides {A.strides}, B {B.shape}, offsets {boffs.min()}..{boffs.max()}, "
-                   f"out {out.shape}")
+                   f"out {out.shape}, segments {segs.tolist()[:4]}...")
     lda = A.strides[0] // A.itemsize
     for m0, m1, mb in ((0, M // MB * MB, MB), (M // MB * MB, M, M % MB)):
         for n0, n1, nb in ((0, N // NB * NB, NB), (N // NB * NB, N, N % NB)):
             if m1 > m0 and n1 > n0:
                 dot_kernel(mb, nb, A.dtype)(A[m0:].ctypes.data, B.ctypes.data, out[m0:, n0:].ctypes.data,
-                                            boffs[n0:].ctypes.data, lda, N, Q // VW, (m1 - m0) // mb, (n1 - n0) // nb)
+                                            boffs[n0:].ctypes.data, segs.ctypes.data, lda, N, len(segs),
+                                            (m1 - m0) // mb, (n1 - n0) // nb)

@@ -35,7 +35,7 @@ from .workspace import _empty, _scratch
 
 _SHIFTED_MIN_CHANNELS = 8  # below this the sums over channels are too short to pay
 _RUN_COLS = 4096
-_SKIP_MIN_COLS = 1024  # skip unneeded grid rows only when an image's needed rows hold this many positions
+_SKIP_MIN_COLS = 1024  # runs inside one image when an image's needed rows hold this many positions
 
 
 def _shifted(x, C, sh, sw):
@@ -164,7 +164,8 @@ class _Grid:
         image's needed rows hold at least _SKIP_MIN_COLS positions, runs stay inside one image and skip the
         others (VDSR's 41x41 layers: 2 rows of 43 per pass, measured 4-9% faster); on smaller images a run per
         image costs more in per-run work than the skipped rows save (SRCNN's 21x21 and 17x17 outputs: measured
-        up to 3.5x slower), so runs span images, rows and all."""
+        up to 3.5x slower), so runs span images, rows and all, and the kernels skip the unneeded rows inside
+        them (``_segments_needed``)."""
         hi = self.Hp if hi is None else hi
         T, max_rows = threads._threads(blas=False), max(1, _RUN_COLS // self.Wp)
         if hi - lo == self.Hp or (hi - lo) * self.Wp < _SKIP_MIN_COLS:  # runs across images, every row
@@ -181,6 +182,41 @@ class _Grid:
                 for n in range(self.N) for j in range(k)]
 
 
+@njit(nogil=True, cache=True)
+def _segments_needed(r0, r1, Hp, Wp, lo, hi, step):
+    """[(start, count)]: the positions of grid rows i in [lo, hi) of each image within the run of rows
+    [r0, r1), counted from the run's first position, as segments of ``count`` blocks of ``step`` positions
+    (rounded up; a segment that would overlap the one before is merged into it). The others are junk that no
+    output needs: below a 'valid' convolution's last output row (kh - 1 rows of each image), or the padding
+    rows of an input gradient."""
+    out = np.empty((r1 - r0 + 1, 2), np.int64)
+    m, n = 0, r0 // Hp
+    while n * Hp < r1:
+        a, b = max(r0, n * Hp + lo), min(r1, n * Hp + hi)
+        if b > a:
+            s, e = (a - r0) * Wp, (b - r0) * Wp
+            if m > 0 and s <= out[m - 1, 0] + out[m - 1, 1] * step:
+                out[m - 1, 1] = max(out[m - 1, 1], -(-(e - out[m - 1, 0]) // step))
+            else:
+                out[m, 0], out[m, 1] = s, -(-(e - s) // step)
+                m += 1
+        n += 1
+    return out[:m]
+
+
+@njit(nogil=True, cache=True)
+def _tile_starts(segs, TILE):
+    """The starts of the tiles of TILE positions that cover ``segs`` (``_segments_needed(..., TILE)``) and the
+    end of the last one."""
+    starts = np.empty(segs[:, 1].sum(), np.int64)
+    k = 0
+    for i in range(segs.shape[0]):
+        for j in range(segs[i, 1]):
+            starts[k] = segs[i, 0] + j * TILE
+            k += 1
+    return starts, (segs[-1, 0] + segs[-1, 1] * TILE if segs.shape[0] else 0)
+
+
 def _conv_forward_shifted(x, w2, kh, kw, ph, pw, b=None, relu=False):
     """conv_forward; with b (O,) and/or relu, + b[o] and max(., 0) as the outputs are copied out (fused)."""
     G = _Grid(x.shape, kh, kw, ph, pw)
@@ -194,12 +230,15 @@ def _conv_forward_shifted(x, w2, kh, kw, ph, pw, b=None, relu=False):
     bias = np.zeros(O, x.dtype) if b is None else np.ascontiguousarray(b, dtype=x.dtype)
 
     def work(t, share):
-        for r0, r1 in share:  # the run's padded input, its outputs, then the valid ones into out
-            q0, tiles = r0 * G.Wp, -(-(r1 - r0) * G.Wp // TILE)
-            y = _scratch(t, "y", (C, tiles * TILE + G.slack), x.dtype)
+        for r0, r1 in share:  # the run's padded input, its output rows, then the valid outputs into out
+            q0 = r0 * G.Wp
+            starts, end = _tile_starts(_segments_needed(r0, r1, G.Hp, G.Wp, 0, G.Ho, TILE), TILE)
+            if end == 0:
+                continue  # (a run of junk rows only)
+            y = _scratch(t, "y", (C, end + G.slack), x.dtype)
             _window(x, ph, pw, G.Hp, G.Wp, q0, y)
-            part = _scratch(t, "out", (O, tiles * TILE), x.dtype)
-            shifted_kernel.shifted_gemm(taps, y, offsets, part, tiles)  # part[:, q] = sum_k w_k @ y[:, q + offset_k]
+            part = _scratch(t, "out", (O, end), x.dtype)
+            shifted_kernel.shifted_gemm(taps, y, offsets, part, starts)  # part[:, q] = sum_k w_k @ y[:, q + off_k]
             if epilogue:
                 _extract_rows_epilogue(part, r0, r1, G.Hp, G.Wp, bias, relu, out4)
             else:
@@ -228,7 +267,10 @@ def _conv_weight_grad_shifted(g, x, kh, kw, ph, pw, y=None, bias=False):
         db = db_parts[t] = np.zeros(O, np.float64) if bias else None
         for r0, r1 in share:
             q0, cnt = r0 * G.Wp, (r1 - r0) * G.Wp
-            span = -(-cnt // VW) * VW  # whole vectors: g is 0 past the run
+            segs = _segments_needed(r0, r1, G.Hp, G.Wp, 0, G.Ho, VW)  # the output rows, in whole vectors
+            if len(segs) == 0:
+                continue  # (a run of junk rows only)
+            span = max(cnt, int(segs[-1, 0] + segs[-1, 1] * VW))  # (g is 0 past the run)
             y = _scratch(t, "y", (C, span + G.slack), x.dtype)
             _window(x, ph, pw, G.Hp, G.Wp, q0, y)
             gr = _scratch(t, "g", (O, span), x.dtype)
@@ -240,7 +282,7 @@ def _conv_weight_grad_shifted(g, x, kh, kw, ph, pw, y=None, bias=False):
             if bias:
                 _add_row_sums(gr, db)
             rows = (np.arange(C)[:, None] * y.shape[1] + offsets).reshape(-1)
-            shifted_kernel.gemm_nt(gr, y.reshape(-1), rows, acc)
+            shifted_kernel.gemm_nt(gr, y.reshape(-1), rows, acc, segs)
 
     _run(G.row_runs(0, G.Ho), work, blas=False)  # (our kernels: no BLAS calls)
     return _sum_parts(parts), (_sum_parts(db_parts).astype(x.dtype) if bias else None)
@@ -262,14 +304,17 @@ def _conv_input_grad_shifted(w2, g, x_shape, kh, kw, ph, pw, y=None):
 
     def work(t, share):
         for r0, r1 in share:
-            q0, tiles = r0 * G.Wp, -(-(r1 - r0) * G.Wp // TILE)
-            gr = _scratch(t, "g", (O, G.slack + tiles * TILE), g.dtype)
+            q0 = r0 * G.Wp
+            starts, end = _tile_starts(_segments_needed(r0, r1, G.Hp, G.Wp, ph, G.Hp - ph, TILE), TILE)
+            if end == 0:
+                continue  # (a run of padding rows only)
+            gr = _scratch(t, "g", (O, G.slack + end), g.dtype)
             if y4 is None:
                 _window(g4, 0, 0, G.Hp, G.Wp, q0 - G.slack, gr)  # g on the grid, 0 at junk positions
             else:
                 _window_masked(g4, y4, G.Hp, G.Wp, q0 - G.slack, gr)  # the same, times [y > 0]
-            dy = _scratch(t, "dy", (C, tiles * TILE), g.dtype)
-            shifted_kernel.shifted_gemm(taps, gr, offsets, dy, tiles)
+            dy = _scratch(t, "dy", (C, end), g.dtype)
+            shifted_kernel.shifted_gemm(taps, gr, offsets, dy, starts)
             _extract_rows(dy, r0, r1, G.Hp, G.Wp, ph, pw, dx)
 
     _run(G.row_runs(ph, G.Hp - ph), work, blas=False)  # (our kernels: no BLAS calls)

@@ -257,6 +257,7 @@ def _forward(x, w, ph, pw):
     calls, keep = _gemm_calls(U, x.dtype)
     zero = np.zeros(1, np.int64)
     out = _empty((N, O, Ho, Wo), x.dtype)
+    starts = shifted_kernel.tile_starts(-(-N * nth * ntw // TILE), x.dtype)  # (a chunk's are the first ones)
 
     def work(t, share):
         for t0, cnt in share:
@@ -266,8 +267,8 @@ def _forward(x, w, ph, pw):
             Mk = _scratch(t, "wg_M", (O, P, Tp), x.dtype)
             vb, mk, ld = V.ctypes.data, Mk.ctypes.data, P * Tp
             for p, kern, a, m0, nmb in calls:  # Mk[:, p] = U[p] @ V[:, p] (row stride ld)
-                kern(a, vb + p * Tp * it, mk + (m0 * ld + p * Tp) * it, zero.ctypes.data, 1, C, ld, ld, Tp // TILE,
-                     nmb)
+                kern(a, vb + p * Tp * it, mk + (m0 * ld + p * Tp) * it, zero.ctypes.data, starts.ctypes.data, 1, C, ld,
+                     ld, Tp // TILE, nmb)
             _output_transform(Mk, nth, ntw, t0, cnt, out, _scratch(t, "wg_D", (16, max(Tp, ntw + 1)), x.dtype))
 
     _run(_chunks(N * nth * ntw, TILE), work, blas=False)
@@ -322,11 +323,12 @@ def conv_weight_grad(g, x, ph, pw):
             dM = _scratch(t, "wg_M", (O, P, Tp), x.dtype)
             _grad_transform(g4, nth, ntw, t0, cnt, dM, rows)
             ld = P * Tp
+            segs = np.array([[0, Tp // VW]], np.int64)  # all of q
             for p in range(P):
                 boffs = np.arange(p * Tp, C * ld, ld, dtype=np.int64)  # row c of V[:, p]
                 for m0, m1, mb, n0, n1, nb_, kern in blocks:
                     kern(dM.ctypes.data + (m0 * ld + p * Tp) * it, V.ctypes.data, acc[p, m0:, n0:].ctypes.data,
-                         boffs[n0:].ctypes.data, ld, C, Tp // VW, (m1 - m0) // mb, (n1 - n0) // nb_)
+                         boffs[n0:].ctypes.data, segs.ctypes.data, ld, C, 1, (m1 - m0) // mb, (n1 - n0) // nb_)
 
     _run(_chunks(N * nth * ntw, TILE), work, blas=False)
     dU = _sum_parts(parts).transpose(1, 2, 0).reshape(O, C, 4, 4)
