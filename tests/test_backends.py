@@ -300,6 +300,33 @@ def test_numba_shifted_gemm_convs(case, dt, monkeypatch):
 
 @pytest.mark.skipif("numba" not in OTHERS, reason="numba backend not importable")
 @pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("C,k,p", [(1, 9, 0), (1, 5, 2), (3, 3, 1), (1, 3, 1)])
+def test_numba_first_layer_weight_grad_on_shifted_kernel(dt, C, k, p):
+    """A first layer (C = 1 or 3) computes its weight gradient (with ReLU's mask and the bias gradient fused) on
+    the shifted kernels when C * kh * kw >= 25 and its forward on im2col; VDSR's 1 -> 64 3x3 (9 taps) stays on
+    im2col for both. Either way the result is the reference's."""
+    from minisr.backends.numba import conv_shifted
+
+    nbe = get_backend("numba")
+    rng = np.random.default_rng(11)
+    x, w2 = rng.standard_normal((3, C, 13, 11)).astype(dt), rng.standard_normal((7, C * k * k)).astype(dt)
+    b = rng.standard_normal(7).astype(dt)
+    geometry = (k, k, 1, 1, p, p)
+    assert not conv_shifted._shifted(x, C, 1, 1, k, k)
+    assert conv_shifted._shifted(x, C, 1, 1, k, k, weight_grad=True) == (C * k * k >= 25)
+    y = nbe.conv_fused_forward(x, w2, b, True, *geometry)
+    _assert_close(y, ref.conv_fused_forward(x, w2, b, True, *geometry), dt, "forward")
+    g = rng.standard_normal(y.shape).astype(dt)
+    _assert_close(nbe.conv_weight_grad(g, x, *geometry), ref.conv_weight_grad(g, x, *geometry), dt, "weight gradient")
+    got = nbe.conv_fused_backward(g, y, x, w2, *geometry, False, True, True)
+    want = ref.conv_fused_backward(g, y, x, w2, *geometry, False, True, True)
+    assert got[0] is None
+    for a, r, what in zip(got[1:], want[1:], ("fused dw", "fused db")):
+        _assert_close(a, r, dt, what)
+
+
+@pytest.mark.skipif("numba" not in OTHERS, reason="numba backend not importable")
+@pytest.mark.parametrize("dt", DTYPES)
 @pytest.mark.parametrize("run_cols", [40, 4096])
 @pytest.mark.parametrize("k,p", [(3, 1), (5, 0), (3, 2), (1, 1), (5, 3)])
 @pytest.mark.parametrize("skip_min", [0, 10**9])

@@ -1,6 +1,7 @@
 """The three conv kernels of the Numba backend, each choosing its path per layer: Winograd F(2x2, 3x3)
 (:mod:`.winograd`, when ``MINISR_CONV`` asks for it), shifted GEMMs on our own kernel (:mod:`.conv_shifted`:
-stride 1 with >= 8 channels), or columns + BLAS (:mod:`.conv_im2col`: everything else).
+stride 1 with >= 8 channels, and a first layer's weight gradient), or columns + BLAS (:mod:`.conv_im2col`:
+everything else).
 
 conv_fused_forward and conv_fused_backward (conv2d's and conv2d_relu's kernels) fuse the bias add, the ReLU and
 their gradients into the shifted GEMMs' own passes over the data (see :mod:`.conv_shifted`) and into the
@@ -36,7 +37,7 @@ def conv_weight_grad(g, x, kh, kw, sh, sw, ph, pw):
     C = x.shape[1]
     if _winograd.use(C, g.shape[1], kh, kw, sh, sw, ph, pw, x.dtype, "weight_grad"):
         return _winograd.conv_weight_grad(g, x, ph, pw)
-    if _shifted(x, C, sh, sw):
+    if _shifted(x, C, sh, sw, kh, kw, weight_grad=True):
         return _conv_weight_grad_shifted(g, x, kh, kw, ph, pw)[0]
     return _conv_weight_grad_cols(g, x, kh, kw, sh, sw, ph, pw)
 
@@ -81,9 +82,10 @@ def conv_fused_backward(g, y, x, w2, kh, kw, sh, sw, ph, pw, need_dx, need_dw, n
     g, x, w2 = _c(g), _c(x), _c(w2)
     C, O = x.shape[1], w2.shape[0]
     geometry = (kh, kw, sh, sw, ph, pw)
-    shifted = fused() and _shifted(x, C, sh, sw)
-    fuse_w = need_dw and shifted and not _winograd.use(C, O, *geometry, x.dtype, "weight_grad")
-    fuse_x = need_dx and shifted and not _winograd.use(C, O, *geometry, x.dtype, "input_grad")
+    fuse = fused()
+    fuse_w = (need_dw and fuse and _shifted(x, C, sh, sw, kh, kw, weight_grad=True)
+              and not _winograd.use(C, O, *geometry, x.dtype, "weight_grad"))
+    fuse_x = need_dx and fuse and _shifted(x, C, sh, sw) and not _winograd.use(C, O, *geometry, x.dtype, "input_grad")
     gm = None  # ReLU's backward as a pass of its own, for what is not fused
     if (need_dw and not fuse_w) or (need_dx and not fuse_x) or (need_db and not fuse_w):
         gm = g if y is None else relu_backward(g, y)

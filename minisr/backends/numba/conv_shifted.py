@@ -34,13 +34,21 @@ from .threads import _run, _sum_parts
 from .workspace import _empty, _scratch
 
 _SHIFTED_MIN_CHANNELS = 8  # below this the sums over channels are too short to pay
+_SHIFTED_MIN_TAPS_DW = 25  # ... except in the weight gradient when C * kh * kw reaches this (see _shifted)
 _RUN_COLS = 4096
 _SKIP_MIN_COLS = 1024  # runs inside one image when an image's needed rows hold this many positions
 
 
-def _shifted(x, C, sh, sw):
-    return (sh == 1 and sw == 1 and C >= _SHIFTED_MIN_CHANNELS and x.dtype in (np.float32, np.float64)
-            and shifted_kernel.available())
+def _shifted(x, C, sh, sw, kh=1, kw=1, weight_grad=False):
+    """Whether a stride-1 conv (pass) runs as shifted GEMMs: with >= 8 input channels; the weight gradient also
+    with fewer when C * kh * kw >= 25 -- a first layer on 1 or 3 channels (measured, 2 threads: SRCNN's
+    1 -> 64 9x9 weight and bias gradient 18.4 -> 13.5 ms, ESPCN's and FSRCNN's 5x5 3.8 -> 2.8 and 5.4 -> 2.5,
+    EDSR's 3 -> 64 3x3 5.0 -> 4.5; VDSR's 1 -> 64 3x3, 9 taps, 3.6 -> 4.5: too short). Their forwards stay on
+    im2col + BLAS (SRCNN's 10.9 -> 12.0, VDSR's 1.8 -> 4.1 ms on the shifted kernel)."""
+    if not (sh == 1 and sw == 1 and x.dtype in (np.float32, np.float64)):
+        return False
+    wide = C >= _SHIFTED_MIN_CHANNELS or (weight_grad and C * kh * kw >= _SHIFTED_MIN_TAPS_DW)
+    return wide and shifted_kernel.available()
 
 
 @njit(nogil=True, cache=True)
