@@ -966,7 +966,9 @@ def batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor | Non
         dE/dweight[c] = sum g xhat,    dE/dbias[c] = sum g
         training:  dE/dx = (1 / (n sqrt(var + eps))) (n dxhat - sum dxhat - xhat sum(dxhat xhat))
         eval:      dE/dx = dxhat / sqrt(var + eps)
-    A training batch with one value per channel (n = 1) is an error, as in PyTorch.
+    A training batch with one value per channel (n = 1) is an error, as in PyTorch. The kernels
+    (``batch_norm_stats``, ``batch_norm_forward``, ``batch_norm_backward``) recompute xhat from x in the
+    backward instead of keeping it.
     """
     x = _tensor(x, "batch_norm input")
     if x.ndim < 2:
@@ -989,51 +991,34 @@ def batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor | Non
     if not training and running_mean is None:
         raise ValueError("batch_norm: running_mean and running_var are needed when training=False")
     xp = get_array_module(x.data)
-    axes = (0,) + tuple(range(2, x.ndim))
-    bshape = (1, C) + (1,) * (x.ndim - 2)
+    be = backend_for(x.data)
     n = x.size // C if C else 0
     t = x.dtype.type
     if training:
         if n <= 1:
             raise ValueError(f"batch_norm: expected more than 1 value per channel when training, got input shape "
                              f"{x.shape} (N*H*W = {n}); use a batch of 2 or more, or eval mode")
-        mu = x.data.mean(axis=axes)
-        centred = x.data - mu.reshape(bshape)
-        var = (centred * centred).mean(axis=axes)
+        mu, var = be.batch_norm_stats(x.data)
         if running_mean is not None:
             m = t(momentum)
             running_mean.data[...] = (1 - m) * running_mean.data + m * mu
             running_var.data[...] = (1 - m) * running_var.data + m * var * t(n / (n - 1))
     else:
         mu, var = running_mean.data.copy(), running_var.data.copy()
-        centred = x.data - mu.reshape(bshape)
-    invstd = (1 / xp.sqrt(var + t(eps))).reshape(bshape)
-    xhat = centred * invstd
-    y = xhat * weight.data.reshape(bshape) if weight is not None else xhat.copy()
-    if bias is not None:
-        y += bias.data.reshape(bshape)
+    invstd = 1 / xp.sqrt(var + t(eps))
+    w = weight.data if weight is not None else xp.ones(C, x.dtype)
+    b = bias.data if bias is not None else xp.zeros(C, x.dtype)
+    y = be.batch_norm_forward(x.data, mu, invstd, w, b)
     check = _saved(*parents)
 
     def backward(g):
         check("batch_norm")
-        dx = dw = db = None
-        if x.requires_grad:
-            dxhat = g * weight.data.reshape(bshape) if weight is not None else g
-            if training:
-                s1 = dxhat.sum(axis=axes).reshape(bshape)
-                s2 = (dxhat * xhat).sum(axis=axes).reshape(bshape)
-                dx = (invstd / t(n)) * (t(n) * dxhat - s1 - xhat * s2)
-            else:
-                dx = dxhat * invstd
-        if weight is not None and weight.requires_grad:
-            dw = (g * xhat).sum(axis=axes)
-        if bias is not None and bias.requires_grad:
-            db = g.sum(axis=axes)
-        grads = [dx]
+        dx, dw, db = be.batch_norm_backward(g, x.data, mu, invstd, w, training)
+        grads = [dx if x.requires_grad else None]
         if weight is not None:
-            grads.append(dw)
+            grads.append(dw if weight.requires_grad else None)
         if bias is not None:
-            grads.append(db)
+            grads.append(db if bias.requires_grad else None)
         return tuple(grads)
 
     return make_result(y, parents, backward, "batch_norm")

@@ -149,6 +149,22 @@ def _pool_cases():
     return out
 
 
+BN_SHAPES = [(1, 1, 1, 1), (2, 3, 5, 7), (4, 64, 9, 10), (6, 5)]  # (N, C) too: BatchNorm1d after a Linear
+
+
+def _bn_args(kernel, shape, rng, dt):
+    r = lambda *s: rng.standard_normal(s).astype(dt)  # noqa: E731
+    C = shape[1]
+    x = r(*shape) * dt(2) + dt(3)  # far from zero mean: the centring matters
+    mean, invstd = r(C) + dt(3), rng.uniform(0.5, 2.0, C).astype(dt)
+    return {
+        "batch_norm_stats": lambda: (x,),
+        "batch_norm_forward": lambda: (x, mean, invstd, r(C), r(C)),
+        "batch_norm_backward-train": lambda: (r(*shape), x, mean, invstd, r(C), True),
+        "batch_norm_backward-eval": lambda: (r(*shape), x, mean, invstd, r(C), False),
+    }[kernel]()
+
+
 def _cases():
     """(kernel, case id, args builder(rng, dtype), indices of arguments modified in place)."""
     out = []
@@ -190,6 +206,10 @@ def _cases():
             v = rng.uniform(0.0, 2.0, p.shape).astype(dt)
             return (p, g, m, v) + setting
         out.append(("adam_update", f"adam{ai}", build, (0, 2, 3)))
+    for k in ("batch_norm_stats", "batch_norm_forward", "batch_norm_backward-train", "batch_norm_backward-eval"):
+        for shape in BN_SHAPES:
+            out.append((k.split("-")[0], "x".join(map(str, shape)) + k[len(k.split("-")[0]):],
+                        lambda rng, dt, k=k, s=shape: _bn_args(k, s, rng, dt), ()))
     out += _pool_cases()
     return out
 

@@ -39,6 +39,7 @@ KERNELS = (
     "maxpool2d_argmax", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward",
     "prelu_forward", "prelu_backward", "tanh_forward", "tanh_backward", "sigmoid_forward", "sigmoid_backward",
     "conv_fused_forward", "conv_fused_backward",
+    "batch_norm_stats", "batch_norm_forward", "batch_norm_backward",
 )
 
 _MODULES = {

@@ -176,6 +176,43 @@ def prelu_backward(g, x, w):
     return dx.reshape(x.shape), dw.astype(w.dtype, copy=False)
 
 
+# ------------------------------------------------------------------------------------------------- batch norm
+def _per_channel(x):
+    x = _c(x)
+    return x.reshape(x.shape[0], x.shape[1], -1)
+
+
+def batch_norm_stats(x):
+    x3 = _per_channel(x)
+    N, C, P = x3.shape
+    mean, var = cp.empty(C, dtype=x3.dtype), cp.empty(C, dtype=x3.dtype)
+    _launch("batch_norm", "batch_norm_stats", x3.dtype, 0, (x3, mean, var, i64(N), i64(C), i64(P)),
+            shared=THREADS * 8, blocks=C)
+    return mean, var
+
+
+def batch_norm_forward(x, mean, invstd, weight, bias):
+    x3 = _per_channel(x)
+    N, C, P = x3.shape
+    y = cp.empty_like(x3)
+    _launch("batch_norm", "batch_norm_forward", x3.dtype, x3.size,
+            (x3, _c(mean), _c(invstd), _c(weight), _c(bias), y, i64(N), i64(C), i64(P)))
+    return y.reshape(x.shape)
+
+
+def batch_norm_backward(g, x, mean, invstd, weight, training):
+    x3, g3 = _per_channel(x), _per_channel(g)
+    N, C, P = x3.shape
+    mean, invstd = _c(mean), _c(invstd)
+    db, dw = cp.empty(C, dtype=g3.dtype), cp.empty(C, dtype=g3.dtype)
+    _launch("batch_norm", "batch_norm_sums", g3.dtype, 0, (g3, x3, mean, invstd, db, dw, i64(N), i64(C), i64(P)),
+            shared=THREADS * 8, blocks=C)
+    dx = cp.empty_like(g3)
+    _launch("batch_norm", "batch_norm_input_grad", g3.dtype, g3.size,
+            (g3, x3, mean, invstd, _c(weight), db, dw, i32(1 if training else 0), dx, i64(N), i64(C), i64(P)))
+    return dx.reshape(x.shape), dw, db
+
+
 def _flat(family, name, *arrays):
     arrays = tuple(_c(a) for a in arrays)
     out = cp.empty_like(arrays[0])

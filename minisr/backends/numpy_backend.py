@@ -165,6 +165,50 @@ def prelu_backward(g, x, w):
     return dx, dw
 
 
+def _per_channel(x):
+    """x (N, C, ...) viewed as (N, C, P): each channel's values over images and positions."""
+    return x.reshape(x.shape[0], x.shape[1], -1)
+
+
+def _column(a):
+    return a.reshape(1, -1, 1)
+
+
+def batch_norm_stats(x):
+    """(mean, var): each channel's (axis 1) mean and biased variance over its n = N * P values, in x's dtype:
+    mean[c] = sum x / n,  var[c] = sum (x - mean[c])^2 / n."""
+    x3 = _per_channel(x)
+    mean = x3.mean(axis=(0, 2))
+    d = x3 - _column(mean)
+    return mean, (d * d).mean(axis=(0, 2))
+
+
+def batch_norm_forward(x, mean, invstd, weight, bias):
+    """y = (x - mean[c]) * invstd[c] * weight[c] + bias[c], all four (C,)."""
+    x3 = _per_channel(x)
+    return ((x3 - _column(mean)) * _column(invstd) * _column(weight) + _column(bias)).reshape(x.shape)
+
+
+def batch_norm_backward(g, x, mean, invstd, weight, training):
+    """(dx, dweight, dbias) of batch_norm_forward, xhat = (x - mean[c]) invstd[c], sums over each channel's
+    n = N * P values:
+
+        dbias[c] = sum g,    dweight[c] = sum g xhat
+        training (mean and invstd are x's own statistics):  dx = weight invstd / n (n g - dbias - xhat dweight)
+        eval (they are constants):                          dx = weight invstd g
+    """
+    x3, g3 = _per_channel(x), _per_channel(g)
+    xhat = (x3 - _column(mean)) * _column(invstd)
+    db, dw = g3.sum(axis=(0, 2)), (g3 * xhat).sum(axis=(0, 2))
+    k = _column(weight * invstd)
+    if training:
+        n = g.dtype.type(x3.shape[0] * x3.shape[2])
+        dx = k / n * (n * g3 - _column(db) - xhat * _column(dw))
+    else:
+        dx = k * g3
+    return dx.reshape(x.shape), dw, db
+
+
 def tanh_forward(x):
     """y = tanh(x)."""
     return get_array_module(x).tanh(x)

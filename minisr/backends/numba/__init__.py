@@ -11,8 +11,8 @@ One idea per file:
   :mod:`.conv_shifted` (stride 1, >= 8 channels: "shifted GEMMs" on the padded input through the one hand-written
   kernel, :mod:`minisr.backends.shifted_kernel`), :mod:`.conv_im2col` (everything else: per-band im2col + NumPy's
   BLAS; also the ``im2col`` / ``col2im`` kernels) and :mod:`.winograd` (F(2x2, 3x3), when ``MINISR_CONV`` asks);
-* :mod:`.bias`, :mod:`.activations`, :mod:`.pixel_shuffle`, :mod:`.losses`, :mod:`.optim`, :mod:`.pooling` --
-  the other kernels;
+* :mod:`.bias`, :mod:`.activations`, :mod:`.batch_norm`, :mod:`.pixel_shuffle`, :mod:`.losses`, :mod:`.optim`,
+  :mod:`.pooling` -- the other kernels;
 * :mod:`.fork` -- what a fork()ed child does (fresh locks; the reference kernels where GNU OpenMP cannot run).
 
 Layout and parallelism: every loop nest is parallel over its outermost independent axis (images x channels for
@@ -38,6 +38,7 @@ from .activations import (
     tanh_backward,
     tanh_forward,
 )
+from .batch_norm import batch_norm_backward, batch_norm_forward, batch_norm_stats
 from .bias import bias_add, bias_grad
 from .conv import conv_forward, conv_fused_backward, conv_fused_forward, conv_input_grad, conv_weight_grad
 from .conv_im2col import col2im, im2col
@@ -60,6 +61,7 @@ __all__ = [
     "maxpool2d_argmax", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward",
     "prelu_forward", "prelu_backward", "tanh_forward", "tanh_backward", "sigmoid_forward", "sigmoid_backward",
     "conv_fused_forward", "conv_fused_backward",
+    "batch_norm_stats", "batch_norm_forward", "batch_norm_backward",
 ]
 
 fork.register(globals())
