@@ -153,21 +153,27 @@ def _output_transform(M, nth, ntw, t0, cnt, out, D):
     # out[n, o, 2 tr + i, 2 tc + j] = (A^T M[o, :, k] A)[i, j] for tile t0 + k, inside out's Ho x Wo.
     # D: scratch (>= 4, >= cnt), the blocks' numbers (i, j) in row 2 i + j.
     N, O, Ho, Wo = out.shape
+    d0, d1, d2, d3 = D[0], D[1], D[2], D[3]
     for o in range(O):
+        # (1-D views: LLVM vectorises this loop across tiles, measured 4.0 -> 2.95 ms per VDSR layer on one
+        # thread; with M[o, p, k] it stayed scalar)
+        m0, m1, m2, m3, m4, m5, m6, m7 = M[o, 0], M[o, 1], M[o, 2], M[o, 3], M[o, 4], M[o, 5], M[o, 6], M[o, 7]
+        m8, m9, m10, m11 = M[o, 8], M[o, 9], M[o, 10], M[o, 11]
+        m12, m13, m14, m15 = M[o, 12], M[o, 13], M[o, 14], M[o, 15]
         for k in range(cnt):
             # rows: r = A^T m  (A^T = [[1,1,1,0],[0,1,-1,-1]]), then columns: r A
-            r00 = M[o, 0, k] + M[o, 4, k] + M[o, 8, k]
-            r01 = M[o, 1, k] + M[o, 5, k] + M[o, 9, k]
-            r02 = M[o, 2, k] + M[o, 6, k] + M[o, 10, k]
-            r03 = M[o, 3, k] + M[o, 7, k] + M[o, 11, k]
-            r10 = M[o, 4, k] - M[o, 8, k] - M[o, 12, k]
-            r11 = M[o, 5, k] - M[o, 9, k] - M[o, 13, k]
-            r12 = M[o, 6, k] - M[o, 10, k] - M[o, 14, k]
-            r13 = M[o, 7, k] - M[o, 11, k] - M[o, 15, k]
-            D[0, k] = r00 + r01 + r02
-            D[1, k] = r01 - r02 - r03
-            D[2, k] = r10 + r11 + r12
-            D[3, k] = r11 - r12 - r13
+            r00 = m0[k] + m4[k] + m8[k]
+            r01 = m1[k] + m5[k] + m9[k]
+            r02 = m2[k] + m6[k] + m10[k]
+            r03 = m3[k] + m7[k] + m11[k]
+            r10 = m4[k] - m8[k] - m12[k]
+            r11 = m5[k] - m9[k] - m13[k]
+            r12 = m6[k] - m10[k] - m14[k]
+            r13 = m7[k] - m11[k] - m15[k]
+            d0[k] = r00 + r01 + r02
+            d1[k] = r01 - r02 - r03
+            d2[k] = r10 + r11 + r12
+            d3[k] = r11 - r12 - r13
         for k0, n, tr, tc0, seg in _segments(nth, ntw, t0, cnt):
             i0, s0 = 2 * tr, 2 * tc0
             for i in range(min(2, Ho - i0)):
