@@ -64,21 +64,22 @@ def _prelu_fwd(x, w, y):
             y[n, c, p] = v if v > 0 else v * a
 
 
-@njit(**_jit)
+@njit(fastmath={"reassoc"}, **_jit)  # (reassociation lets LLVM vectorise the slope's sum)
 def _prelu_bwd(g, x, w, dx, dw_parts):
-    # one thread per (n, c) row: dx elementwise, and that row's slope-gradient sum into dw_parts[n, c]
+    # one thread per (n, c) row: dx elementwise, and that row's slope-gradient sum into dw_parts[n, c]; selects,
+    # not branches, and 1-D views: a vectorised loop (with a branch: scalar; measured on 2 threads, 16 x 64 x 96 x 96
+    # 6.8 -> 3.9 ms, 16 x 64 x 24 x 24 0.70 -> 0.21)
     N, S, P = x.shape
     for ns in prange(N * S):
         n, c = ns // S, ns % S
         a = w[c]
+        xr, gr, dr = x[n, c], g[n, c], dx[n, c]
         acc = 0.0
         for p in range(P):
-            v, gv = x[n, c, p], g[n, c, p]
-            if v > 0:
-                dx[n, c, p] = gv
-            else:
-                dx[n, c, p] = gv * a
-                acc += gv * v
+            v, gv = xr[p], gr[p]
+            neg = v <= 0
+            dr[p] = gv * a if neg else gv
+            acc += gv * v if neg else 0.0
         dw_parts[n, c] = acc
 
 
