@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .. import numpy_backend as _reference
 from .common import _c, _jit
 from .workspace import _empty
 
@@ -59,7 +60,7 @@ def _input_grad(g, x, mean, invstd, weight, db, dw, training, dx):
     for nc in prange(N * C):
         n, c = nc // C, nc % C
         k = weight[c] * invstd[c]
-        if training:
+        if training:  # dx = k / n (n g - db - xhat dw), xhat = (x - mean) invstd
             m, s, a, b, kn = mean[c], invstd[c], db[c], dw[c], k / n_all
             for p in range(P):
                 dx[n, c, p] = kn * (n_all * g[n, c, p] - a - (x[n, c, p] - m) * s * b)
@@ -69,8 +70,7 @@ def _input_grad(g, x, mean, invstd, weight, db, dw, training, dx):
 
 
 def _per_channel(x):
-    x = _c(x)
-    return x.reshape(x.shape[0], x.shape[1], -1)
+    return _reference._per_channel(_c(x))
 
 
 def batch_norm_stats(x):
