@@ -249,6 +249,23 @@ def kernel_fn(kernel: str, impl: str):
                                        lambda: be.avgpool2d_backward(g, x.shape, *geometry, True)),
             }
         return fns[kernel][0 if t else 1]
+    if kernel.startswith("batch_norm"):  # on EDSR-sized feature maps, the statistics of the batch itself
+        x, g = _rand(*S.act), _rand(*S.act, seed=1)
+        ch = x.shape[1]
+        w, b = _rand(ch, seed=2), _rand(ch, seed=3)
+        mean, var = x.mean(axis=(0, 2, 3)), x.var(axis=(0, 2, 3))
+        invstd = (1 / np.sqrt(var + 1e-5)).astype(np.float32)
+        tx, tg, tw, tb, tm, tv, ti = T(x), T(g), T(w), T(b), T(mean), T(var), T(invstd)
+        fns = {
+            "batch_norm_stats": (lambda: torch.var_mean(tx, dim=(0, 2, 3), unbiased=False)[::-1],
+                                 lambda: be.batch_norm_stats(x)),
+            "batch_norm_forward": (lambda: TF.batch_norm(tx, tm, tv, tw, tb, False, 0.0, 1e-5),
+                                   lambda: be.batch_norm_forward(x, mean, invstd, w, b)),
+            "batch_norm_backward": (lambda: torch.ops.aten.native_batch_norm_backward(
+                                        tg, tx, tw, None, None, tm, ti, True, 1e-5, [True, True, True]),
+                                    lambda: be.batch_norm_backward(g, x, mean, invstd, w, True)),
+        }
+        return fns[kernel][0 if t else 1]
     raise KeyError(kernel)
 
 
