@@ -78,15 +78,16 @@ def _col2im_plane(cols, kh, kw, sh, sw, ph, pw, i0, i1, Wo, dxc):
     for u in range(kh):
         for v in range(kw):
             row = u * kw + v
+            j0 = min(max(0, -(-(pw - v) // sw)), Wo)  # the js that land inside the image, as in _im2col_plane
+            j1 = max(j0, min(Wo, -(-(W + pw - v) // sw)))
             for i in range(i0, i1):
                 h = i * sh - ph + u
-                if h < 0 or h >= H:
+                if h < 0 or h >= H or j1 == j0:
                     continue
                 base = (i - i0) * Wo
-                for j in range(Wo):
-                    w = j * sw - pw + v
-                    if 0 <= w < W:
-                        dxc[h, w] += cols[row, base + j]
+                src, d = cols[row, base + j0:base + j1], dxc[h, j0 * sw - pw + v:]  # (1-D views, a loop from 0)
+                for j in range(j1 - j0):
+                    d[j * sw] += src[j]
 
 
 @njit(**_jit)
