@@ -46,23 +46,33 @@ def _empty(shape, dtype):
     nbytes = int(np.prod(shape)) * dtype.itemsize
     if nbytes < _MIN_CACHED:
         return np.empty(shape, dtype)
+    refs = sys.getrefcount
     with _cache_lock:
         _cache_state["tick"] += 1
-        hit = next((e for e in _cache if e[0].nbytes == nbytes and _idle(e)), None)
+        # one pass over the cache (a training step calls this hundreds of times with ~100-200 buffers cached):
+        # the first idle buffer of this size, the busy bytes, the other idle buffers
+        hit, busy, idle = None, 0, []
+        for e in _cache:
+            if refs(e[0]) != 2:  # (2: the entry's reference and getrefcount's argument; see _idle)
+                busy += e[0].nbytes
+            elif hit is None and e[0].nbytes == nbytes:
+                hit = e
+            else:
+                idle.append(e)
         if hit is None:
             hit = [np.empty(nbytes, np.uint8), 0]
             _cache.append(hit)
         hit[1] = _cache_state["tick"]
         out = hit[0].view(dtype).reshape(shape)
-        busy = sum(e[0].nbytes for e in _cache if not _idle(e))
+        busy += nbytes
         _cache_state["peak"] = max(_cache_state["peak"], busy)
-        idle = sorted((e for e in _cache if _idle(e)), key=lambda e: e[1])
         spare = busy + sum(e[0].nbytes for e in idle) - _cache_state["peak"]
-        for e in idle:
-            if spare <= 0:
-                break
-            _drop(e)
-            spare -= e[0].nbytes
+        if spare > 0:
+            for e in sorted(idle, key=lambda e: e[1]):  # least recently used first
+                if spare <= 0:
+                    break
+                _drop(e)
+                spare -= e[0].nbytes
         return out
 
 
