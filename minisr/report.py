@@ -35,6 +35,9 @@ CITATIONS = {
               "ECCV 2016), Set5 PSNR as the project's target quotes it (SSIM not recorded here)",
     "espcn": "ESPCN trained on 91 images (Shi et al., 'Real-Time Single Image and Video Super-Resolution Using an "
              "Efficient Sub-Pixel Convolutional Neural Network', CVPR 2016), Set5 x3 PSNR (SSIM not recorded here)",
+    "srresnet": "SRResNet-MSE, 16 blocks x 64 features (Ledig et al., 'Photo-Realistic Single Image Super-Resolution "
+                "Using a Generative Adversarial Network', CVPR 2017, trained on 350k ImageNet images), Table 2",
+    "srgan": "SRGAN-VGG54 (Ledig et al., CVPR 2017), Table 2: a VGG feature content loss, where ours is pixel MSE",
 }
 PUBLISHED = {
     # (paper, dataset, scale): (PSNR, SSIM)
@@ -54,6 +57,8 @@ PUBLISHED = {
     ("edsr-baseline", "Set14", 4): (28.58, 0.7813),
     ("fsrcnn", "Set5", 2): (37.00, None), ("fsrcnn", "Set5", 3): (33.06, None), ("fsrcnn", "Set5", 4): (30.72, None),
     ("espcn", "Set5", 3): (32.55, None),
+    ("srresnet", "Set5", 4): (32.05, 0.9019), ("srresnet", "Set14", 4): (28.49, 0.8184),
+    ("srgan", "Set5", 4): (29.40, 0.8472), ("srgan", "Set14", 4): (26.02, 0.7397),
 }
 # Folders under the data root that are training sets, never benchmarks.
 TRAINING_SETS = {"t91", "bsd200", "div2k", "div2k_train", "general100", "train"}
@@ -66,12 +71,14 @@ class NoDataRootError(DatasetNotFoundError):
 
 
 def paper_of(meta: dict) -> str | None:
-    """The paper whose table a model belongs to: its architecture, with EDSR's 16x64 configuration as EDSR-baseline."""
-    name = meta.get("model")
+    """The paper whose table a model belongs to: its architecture, with EDSR's 16x64 configuration as EDSR-baseline
+    and SRResNet / SRGAN only in the paper's 16x64 configuration."""
+    name, cfg = meta.get("model"), meta.get("config", {})
     if name == "edsr":
-        cfg = meta.get("config", {})
         return "edsr-baseline" if (cfg.get("n_resblocks"), cfg.get("n_feats")) == (16, 64) else None
-    return name if name in ("srcnn", "vdsr", "fsrcnn", "espcn") else None
+    if name in ("srresnet", "srgan"):
+        return name if (cfg.get("n_blocks", 16), cfg.get("n_feats", 64)) == (16, 64) else None
+    return name if name in ("srcnn", "vdsr", "fsrcnn", "espcn", "srresnet", "srgan") else None
 
 
 def data_root(given=None) -> Path:

@@ -102,6 +102,8 @@ def test_papers_and_shipped_models():
     assert report.paper_of({"model": "edsr", "config": {"n_resblocks": 16, "n_feats": 64}}) == "edsr-baseline"
     assert report.paper_of({"model": "edsr", "config": {"n_resblocks": 32, "n_feats": 256}}) is None
     assert report.paper_of({"model": "srcnn"}) == "srcnn"
+    assert report.paper_of({"model": "srgan", "config": {"n_blocks": 16, "n_feats": 64}}) == "srgan"
+    assert report.paper_of({"model": "srresnet", "config": {"n_blocks": 8, "n_feats": 64}}) is None
     for (paper, _, _), (p, s) in report.PUBLISHED.items():
         assert paper in report.CITATIONS and 20 < p < 40 and (s is None or 0.6 < s < 1)
     # every shipped model has a published row on Set5 at each of its scales
