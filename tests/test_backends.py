@@ -320,6 +320,41 @@ def test_numba_shifted_gemm_convs(case, dt, monkeypatch):
 
 @pytest.mark.skipif("numba" not in OTHERS, reason="numba backend not importable")
 @pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("shape,pad", [((2, 8, 9, 7), (1, 1)), ((3, 16, 12, 12), (1, 1)), ((1, 8, 6, 11), (0, 0)),
+                                       ((2, 9, 10, 13), (2, 1)), ((1, 8, 3, 3), (0, 0)), ((2, 11, 5, 4), (1, 2))],
+                         ids=str)
+def test_numba_polyphase_strided_convs(shape, pad, dt, monkeypatch):
+    """3x3 stride-2 convs with 8-128 channels run as shifted GEMMs over the input's four polyphase images (no
+    im2col: that path is made to fail here); on odd and even sizes and paddings, the output, the bias and ReLU
+    fused into it, and both gradients are the reference's."""
+    from minisr.backends.numba import conv, conv_polyphase
+
+    def no_columns(*args, **kwargs):
+        raise AssertionError("a polyphase conv went to im2col")
+
+    for name in ("_conv_forward_cols", "_conv_weight_grad_cols", "_conv_input_grad_cols"):
+        monkeypatch.setattr(conv, name, no_columns)
+    nbe = get_backend("numba")
+    (N, C, H, W), (ph, pw), O = shape, pad, 5
+    geometry = (3, 3, 2, 2, ph, pw)
+    rng = np.random.default_rng(11)
+    x, w2 = rng.standard_normal((N, C, H, W)).astype(dt), rng.standard_normal((O, C * 9)).astype(dt)
+    b = rng.standard_normal(O).astype(dt)
+    want = ref.conv_forward(x, w2, *geometry)
+    g = rng.standard_normal(want.shape).astype(dt)
+    assert conv_polyphase._polyphase(x, C, 3, 3, 2, 2) and not conv_polyphase._polyphase(x, C, 3, 3, 1, 1)
+    fused = np.maximum(want + b[None, :, None], 0)
+    for got, want_, what in [(nbe.conv_forward(x, w2, *geometry), want, "forward"),
+                             (nbe.conv_fused_forward(x, w2, b, True, *geometry), fused, "fused forward"),
+                             (nbe.conv_weight_grad(g, x, *geometry), ref.conv_weight_grad(g, x, *geometry), "dw"),
+                             (nbe.conv_input_grad(w2, g, x.shape, *geometry),
+                              ref.conv_input_grad(w2, g, x.shape, *geometry), "dx")]:
+        assert got.shape == want_.shape and got.dtype == want_.dtype, what
+        _assert_close(got, want_, dt, f"polyphase conv {what}")
+
+
+@pytest.mark.skipif("numba" not in OTHERS, reason="numba backend not importable")
+@pytest.mark.parametrize("dt", DTYPES)
 @pytest.mark.parametrize("C,k,p", [(1, 9, 0), (1, 5, 2), (3, 3, 1), (1, 3, 1)])
 def test_numba_first_layer_weight_grad_on_shifted_kernel(dt, C, k, p):
     """A first layer (C = 1 or 3) computes its weight gradient (with ReLU's mask and the bias gradient fused) on
@@ -473,6 +508,17 @@ def test_shifted_kernel_definition_and_bounds(dt):
         sk.shifted_gemm(sk.pack(A, MB), B[:, :-6].copy(), offs, out, starts)
     with pytest.raises(ValueError, match="out of bounds"):
         sk.shifted_gemm(sk.pack(A, MB), B, offs, out[:, :-1].copy(), starts)
+    # per-tap channel ranges: tap k sums B's rows c0_k .. c0_k + count_k - 1 with A[k, :, :count_k]
+    chans = np.array([[0, 7], [2, 3], [4, 3], [6, 1]], np.int64)
+    starts = np.array([TILE + 4, 0], np.int64)
+    out = np.full((M, ntiles * TILE + 5), np.nan, dt)
+    sk.shifted_gemm(sk.pack(A, MB), B, offs, out, starts, chans)
+    n = (starts[:, None] + np.arange(TILE)).ravel()
+    want = sum(A[k, :, :cnt] @ B[c0:c0 + cnt, n + o] for k, (o, (c0, cnt)) in enumerate(zip(offs, chans)))
+    _assert_close(out[:, n], want, dt, "shifted_gemm with channel ranges")
+    for bad in ([[0, 7], [2, 3], [5, 3], [6, 1]], [[0, 8], [0, 1], [0, 1], [0, 1]]):  # past B's rows, past K
+        with pytest.raises(ValueError, match="out of bounds"):
+            sk.shifted_gemm(sk.pack(A, MB), B, offs, out, starts, np.array(bad, np.int64))
 
     MB, NB, VW = sk.dot_shape(dt)
     for M, N in [(2 * MB + 1, 3 * NB + 2), (1, 1), (MB, NB)]:

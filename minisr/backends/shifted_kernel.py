@@ -2,6 +2,7 @@
 library under Numba), compiled at first use for this machine's CPU. Two of them:
 
     shifted_gemm:  out[m, n] = sum_k sum_c A[k, m, c] * B[c, n + offs[k]]        n in the tiles at starts[t]
+                   (c over all of B's rows, or per tap over a range of them)
     gemm_nt:       out[m, n] += sum_q A[m, q] * B[boffs[n] + q]                 q in the segments segs[s]
 
 With B a zero-padded image (channels x positions of its padded grid) and offs[k] the grid offset of the
@@ -163,8 +164,9 @@ def _optimise(llvm, module, tm) -> None:
 
 
 def _build(MB: int, NV: int, dtype):
-    """kern(A, B, out, offs, starts, nshift, K, ldb, ldo, ntiles, nmb): ``shifted_gemm`` for blocks of MB rows
-    and tiles of NV vectors, tile t at column starts[t], A packed as ``pack`` does."""
+    """kern(A, B, out, taps, starts, nshift, K, ldb, ldo, ntiles, nmb): ``shifted_gemm`` for blocks of MB rows
+    and tiles of NV vectors, tile t at column starts[t], A packed as ``pack`` does; tap k reads B from
+    taps[2 k] (its offset, which may include whole rows: a first channel) over taps[2 k + 1] <= K channels."""
     f = _Function("kern", dtype, 6, MB, NV)
     ir, b, acc, const, VW = f.ir, f.b, f.acc, f.const, f.VW
     A, B, OUT, OFFS, STARTS, NSHIFT, K, LDB, LDO, NTILES, NMB = f.fn.args
@@ -180,7 +182,7 @@ def _build(MB: int, NV: int, dtype):
             a_block = b.mul(mb, b.mul(b.mul(NSHIFT, K), const(MB)))  # A packed (nmb, nshift, K, MB)
 
             def tap(k):
-                nk = b.add(n, b.load(b.gep(OFFS, [k])))
+                nk = b.add(n, b.load(b.gep(OFFS, [b.mul(k, const(2))])))
                 a_tap = b.add(a_block, b.mul(b.mul(k, K), const(MB)))
 
                 def step(c):
@@ -194,7 +196,7 @@ def _build(MB: int, NV: int, dtype):
                         for v in range(NV):
                             b.store(b.call(f.fma, [s, xs[v], b.load(acc[i][v])]), acc[i][v])
 
-                f.loop(K, step)
+                f.loop(b.load(b.gep(OFFS, [b.add(b.mul(k, const(2)), const(1))])), step)
 
             f.loop(NSHIFT, tap)
             for i in range(MB):
@@ -328,23 +330,46 @@ def tile_starts(ntiles: int, dtype) -> np.ndarray:
     return np.arange(ntiles, dtype=np.int64) * block_shape(dtype)[1]
 
 
-def shifted_gemm(blocks: list, B: np.ndarray, offs: np.ndarray, out: np.ndarray, starts: np.ndarray) -> None:
+def tap_table(offs: np.ndarray, K: int, chans: np.ndarray | None = None, ldb: int = 0) -> np.ndarray:
+    """The kernel's per-tap table, (nshift, 2) int64: tap k's offset into B (``offs[k]``, plus ``chans[k, 0]``
+    whole rows of ``ldb`` numbers) and its channel count (``chans[k, 1]``; all K without ``chans``)."""
+    table = np.empty((len(offs), 2), np.int64)
+    table[:, 0] = offs
+    table[:, 1] = K
+    if chans is not None:
+        table[:, 0] += chans[:, 0] * ldb
+        table[:, 1] = chans[:, 1]
+    return table
+
+
+def shifted_gemm(blocks: list, B: np.ndarray, offs: np.ndarray, out: np.ndarray, starts: np.ndarray,
+                 chans: np.ndarray | None = None) -> None:
     """out[m, n] = sum_k sum_c A[k, m, c] * B[c, n + offs[k]] for the columns n of the tiles that start at
     ``starts`` (int64; TILE columns each, TILE from ``block_shape(dtype)``; other columns of out are not
     written), A as packed by ``pack(A, block_shape(dtype)[0])``. B and out are C-contiguous 2-D arrays of A's
-    dtype, and B holds every column read: B.shape[1] >= max(starts) + TILE + max(offs)."""
+    dtype, and B holds every column read: B.shape[1] >= max(starts) + TILE + max(offs).
+
+    With ``chans`` ((nshift, 2) int64), tap k sums over the channels c0 <= c < c0 + count only, (c0, count) =
+    chans[k], with A[k, m, c - c0] as their weights: out[m, n] = sum_k sum_c A[k, m, c - c0_k] B[c, n + offs[k]]
+    (a strided convolution's polyphase taps, which each see some of the phases: no multiply by 0)."""
     TILE = block_shape(B.dtype)[1]
     M = sum(packed.shape[0] * mb for _, mb, packed in blocks)
     end = int(starts.max()) + TILE if len(starts) else 0
+    K = blocks[0][2].shape[2]
     _check(B.flags.c_contiguous and out.flags.c_contiguous and B.dtype == out.dtype == blocks[0][2].dtype
-           and blocks[0][2].shape[2] == B.shape[0] and out.shape[0] >= M and out.shape[1] >= end
+           and (K == B.shape[0] if chans is None else
+                chans.shape == (len(offs), 2) and chans.min() >= 0 and int(chans[:, 1].max()) <= K
+                and int((chans[:, 0] + chans[:, 1]).max()) <= B.shape[0])
+           and out.shape[0] >= M and out.shape[1] >= end
            and offs.dtype == starts.dtype == np.int64 and starts.flags.c_contiguous and offs.min() >= 0
            and (len(starts) == 0 or starts.min() >= 0) and B.shape[1] >= end + int(offs.max()),
            lambda: f"B {B.shape} {B.dtype}, out {out.shape} {out.dtype}, {M} rows, tiles of {TILE} from "
-                   f"{starts.min() if len(starts) else '-'} to {end}, offsets {offs.min()}..{offs.max()}")
+                   f"{starts.min() if len(starts) else '-'} to {end}, offsets {offs.min()}..{offs.max()}"
+                   + ("" if chans is None else f", channels {chans.tolist()}"))
+    table = tap_table(offs, B.shape[0] if chans is None else K, chans, B.shape[1])
     for m0, mb, packed in blocks:
         nshift, K = packed.shape[1], packed.shape[2]
-        kernel(mb, _NV, B.dtype)(packed.ctypes.data, B.ctypes.data, out[m0:].ctypes.data, offs.ctypes.data,
+        kernel(mb, _NV, B.dtype)(packed.ctypes.data, B.ctypes.data, out[m0:].ctypes.data, table.ctypes.data,
                                  starts.ctypes.data, nshift, K, B.shape[1], out.shape[1], len(starts),
                                  packed.shape[0])
 

@@ -1,7 +1,7 @@
 """The three conv kernels of the Numba backend, each choosing its path per layer: Winograd F(2x2, 3x3)
 (:mod:`.winograd`, when ``MINISR_CONV`` asks for it), shifted GEMMs on our own kernel (:mod:`.conv_shifted`:
-stride 1 with >= 8 channels, and a first layer's weight gradient), or columns + BLAS (:mod:`.conv_im2col`:
-everything else).
+stride 1 with >= 8 channels, and a first layer's weight gradient; :mod:`.conv_polyphase`: 3x3 stride 2 with >= 8
+channels), or columns + BLAS (:mod:`.conv_im2col`: everything else).
 
 conv_fused_forward and conv_fused_backward (conv2d's and conv2d_relu's kernels) fuse the bias add, the ReLU and
 their gradients into the shifted GEMMs' own passes over the data (see :mod:`.conv_shifted`) and into the
@@ -17,6 +17,8 @@ from .activations import relu_backward, relu_forward
 from .bias import bias_add, bias_grad
 from .common import _c, _floats
 from .conv_im2col import _conv_forward_cols, _conv_input_grad_cols, _conv_weight_grad_cols
+from .conv_polyphase import (_conv_forward_polyphase, _conv_input_grad_polyphase, _conv_weight_grad_polyphase,
+                             _polyphase)
 from .conv_shifted import _conv_forward_shifted, _conv_input_grad_shifted, _conv_weight_grad_shifted, _shifted
 
 
@@ -28,6 +30,8 @@ def conv_forward(x, w2, kh, kw, sh, sw, ph, pw):
         return _winograd.conv_forward(x, w2, ph, pw)
     if _shifted(x, C, sh, sw):
         return _conv_forward_shifted(x, w2, kh, kw, ph, pw)
+    if _polyphase(x, C, kh, kw, sh, sw):
+        return _conv_forward_polyphase(x, w2, ph, pw)
     return _conv_forward_cols(x, w2, kh, kw, sh, sw, ph, pw)
 
 
@@ -39,6 +43,8 @@ def conv_weight_grad(g, x, kh, kw, sh, sw, ph, pw):
         return _winograd.conv_weight_grad(g, x, ph, pw)
     if _shifted(x, C, sh, sw, kh, kw, weight_grad=True):
         return _conv_weight_grad_shifted(g, x, kh, kw, ph, pw)[0]
+    if _polyphase(x, C, kh, kw, sh, sw):
+        return _conv_weight_grad_polyphase(g, x, ph, pw)[0]
     return _conv_weight_grad_cols(g, x, kh, kw, sh, sw, ph, pw)
 
 
@@ -50,6 +56,8 @@ def conv_input_grad(w2, g, x_shape, kh, kw, sh, sw, ph, pw):
         return _winograd.conv_input_grad(w2, g, x_shape, ph, pw)
     if _shifted(g, C, sh, sw):
         return _conv_input_grad_shifted(w2, g, x_shape, kh, kw, ph, pw)
+    if _polyphase(g, C, kh, kw, sh, sw):
+        return _conv_input_grad_polyphase(w2, g, x_shape, ph, pw)
     return _conv_input_grad_cols(w2, g, x_shape, kh, kw, sh, sw, ph, pw)
 
 
@@ -68,6 +76,8 @@ def conv_fused_forward(x, w2, b, relu, kh, kw, sh, sw, ph, pw):
     if fused() and (b is not None or relu) and not _winograd.use(C, w2.shape[0], kh, kw, sh, sw, ph, pw, x.dtype):
         if _shifted(x, C, sh, sw):
             return _conv_forward_shifted(x, w2, kh, kw, ph, pw, b, relu)
+        if _polyphase(x, C, kh, kw, sh, sw):
+            return _conv_forward_polyphase(x, w2, ph, pw, b, relu)
         return _conv_forward_cols(x, w2, kh, kw, sh, sw, ph, pw, b, relu)
     out = conv_forward(x, w2, kh, kw, sh, sw, ph, pw)
     if b is not None:

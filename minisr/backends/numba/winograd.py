@@ -261,7 +261,7 @@ def _forward(x, w, ph, pw):
     TILE, it = shifted_kernel.block_shape(x.dtype)[1], x.itemsize
     U = np.ascontiguousarray((G @ w @ G.T).reshape(O, C, P).transpose(2, 0, 1))  # U[p] (O, C)
     calls, keep = _gemm_calls(U, x.dtype)
-    zero = np.zeros(1, np.int64)
+    zero = shifted_kernel.tap_table(np.zeros(1, np.int64), C)  # one tap at offset 0 over all C channels
     out = _empty((N, O, Ho, Wo), x.dtype)
     starts = shifted_kernel.tile_starts(-(-N * nth * ntw // TILE), x.dtype)  # (a chunk's are the first ones)
 
