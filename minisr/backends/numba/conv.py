@@ -17,8 +17,7 @@ from .activations import relu_backward, relu_forward
 from .bias import bias_add, bias_grad
 from .common import _c, _floats
 from .conv_im2col import _conv_forward_cols, _conv_input_grad_cols, _conv_weight_grad_cols
-from .conv_polyphase import (_conv_forward_polyphase, _conv_input_grad_polyphase, _conv_weight_grad_polyphase,
-                             _polyphase)
+from .conv_polyphase import _conv_forward_polyphase, _conv_input_grad_polyphase, _conv_weight_grad_polyphase, _polyphase
 from .conv_shifted import _conv_forward_shifted, _conv_input_grad_shifted, _conv_weight_grad_shifted, _shifted
 
 

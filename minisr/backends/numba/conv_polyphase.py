@@ -4,7 +4,7 @@ discriminator halves its size four times this way).
 Split the zero-padded input xp into the phases P_pq[i, j] = xp[2i + p, 2j + q] (p, q in {0, 1}): output (i, j)
 of a stride-2 3x3 conv reads xp[2i + u, 2j + v], and with u = 2a + p, v = 2b + q that is P_pq[i + a, j + b]. So
 
-    out[:, i, j] = sum_(a, b in {0, 1}) sum_(p, q: 2a + p < 3, 2b + q < 3) w[:, :, 2a + p, 2b + q] @ P_pq[:, i + a, j + b]
+    out[:, i, j] = sum_(a, b) sum_(p, q: 2a + p < 3, 2b + q < 3) w[:, :, 2a + p, 2b + q] @ P_pq[:, i + a, j + b]
 
 -- a stride-1 2x2 'valid' conv over the Ho + 1 x Wo + 1 phase images, whose tap (a, b) sees only the phases
 with 2a + p < 3 and 2b + q < 3: tap (0, 0) all four, (0, 1) and (1, 0) two, (1, 1) one -- 9 C multiplies per
@@ -26,8 +26,16 @@ from numba import njit
 
 from .. import shifted_kernel
 from .common import _c
-from .conv_shifted import (_SHIFTED_MIN_CHANNELS, _add_row_sums, _extract_rows_epilogue, _Grid, _segments,
-                           _segments_needed, _tile_starts, _window)
+from .conv_shifted import (
+    _SHIFTED_MIN_CHANNELS,
+    _add_row_sums,
+    _extract_rows_epilogue,
+    _Grid,
+    _segments,
+    _segments_needed,
+    _tile_starts,
+    _window,
+)
 from .threads import _run, _sum_parts
 from .workspace import _empty, _scratch
 
