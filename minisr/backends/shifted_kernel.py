@@ -366,7 +366,7 @@ def shifted_gemm(blocks: list, B: np.ndarray, offs: np.ndarray, out: np.ndarray,
            lambda: f"B {B.shape} {B.dtype}, out {out.shape} {out.dtype}, {M} rows, tiles of {TILE} from "
                    f"{starts.min() if len(starts) else '-'} to {end}, offsets {offs.min()}..{offs.max()}"
                    + ("" if chans is None else f", channels {chans.tolist()}"))
-    table = tap_table(offs, B.shape[0] if chans is None else K, chans, B.shape[1])
+    table = tap_table(offs, K, chans, B.shape[1])
     for m0, mb, packed in blocks:
         nshift, K = packed.shape[1], packed.shape[2]
         kernel(mb, _NV, B.dtype)(packed.ctypes.data, B.ctypes.data, out[m0:].ctypes.data, table.ctypes.data,
