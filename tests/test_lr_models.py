@@ -256,7 +256,8 @@ def test_upscale_compare_and_eval_cli(rng, tmp_path, capsys, ckpt):
     assert result["mean"]["psnr"] == pytest.approx(expected["mean"]["psnr"]) and np.isfinite(expected["mean"]["psnr"])
 
 
-@pytest.mark.parametrize("name,scale,bicubic", [("fsrcnn-x2", 2, 33.67), ("espcn-x3", 3, 30.40)])
+@pytest.mark.parametrize("name,scale,bicubic", [("fsrcnn-x2", 2, 33.67), ("fsrcnn-x3", 3, 30.40),
+                                                ("fsrcnn-x4", 4, 28.43), ("espcn-x3", 3, 30.40)])
 def test_shipped_weights_beat_bicubic_on_set5(data_root, name, scale, bicubic):
     if name not in models.shipped():
         pytest.skip(f"{name} is not shipped (minisr/weights/{name}.npz)")
