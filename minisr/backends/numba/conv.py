@@ -43,7 +43,7 @@ def conv_weight_grad(g, x, kh, kw, sh, sw, ph, pw):
     if _shifted(x, C, sh, sw, kh, kw, weight_grad=True):
         return _conv_weight_grad_shifted(g, x, kh, kw, ph, pw)[0]
     if _polyphase(x, C, kh, kw, sh, sw):
-        return _conv_weight_grad_polyphase(g, x, ph, pw)[0]
+        return _conv_weight_grad_polyphase(g, x, ph, pw)
     return _conv_weight_grad_cols(g, x, kh, kw, sh, sw, ph, pw)
 
 

@@ -28,7 +28,6 @@ from .. import shifted_kernel
 from .common import _c
 from .conv_shifted import (
     _SHIFTED_MIN_CHANNELS,
-    _add_row_sums,
     _extract_rows_epilogue,
     _Grid,
     _segments,
@@ -155,9 +154,9 @@ def _conv_forward_polyphase(x, w2, ph, pw, b=None, relu=False):
     return out
 
 
-def _conv_weight_grad_polyphase(g, x, ph, pw, bias=False):
-    """(dw2 (O, C*9), db or None) of a 3x3 stride-2 conv: per run one dot-product GEMM of g on the phases' grid
-    against the rows of the phase images at each (c, u, v)'s phase and tap offset."""
+def _conv_weight_grad_polyphase(g, x, ph, pw):
+    """dw2 (O, C*9) of a 3x3 stride-2 conv: per run one dot-product GEMM of g on the phases' grid against the rows
+    of the phase images at each (c, u, v)'s phase and tap offset."""
     N, C = x.shape[:2]
     O = g.shape[1]
     Ho, Wo, G = _geometry(x.shape, ph, pw)
@@ -167,11 +166,10 @@ def _conv_weight_grad_polyphase(g, x, ph, pw, bias=False):
     # w's column (c, u, v) reads phase (u % 2, v % 2) of channel c at tap (u // 2, v // 2)
     chan = np.array([index[u % 2, v % 2] * C + c for c in range(C) for u in range(3) for v in range(3)], np.int64)
     off = np.array([(u // 2) * G.Wp + v // 2 for c in range(C) for u in range(3) for v in range(3)], np.int64)
-    parts, db_parts = {}, {}
+    parts = {}
 
     def work(t, share):
         acc = parts[t] = np.zeros((O, C * 9), x.dtype)
-        db = db_parts[t] = np.zeros(O, np.float64) if bias else None
         for r0, r1 in share:
             q0, cnt = r0 * G.Wp, (r1 - r0) * G.Wp
             segs = _segments_needed(r0, r1, G.Hp, G.Wp, 0, G.Ho, VW)
@@ -183,12 +181,10 @@ def _conv_weight_grad_polyphase(g, x, ph, pw, bias=False):
             gr = _scratch(t, "g", (O, span), x.dtype)
             _window(g4, 0, 0, G.Hp, G.Wp, q0, gr)  # g on the phases' grid, 0 at junk positions
             gr[:, cnt:] = 0
-            if bias:
-                _add_row_sums(gr, db)
             shifted_kernel.gemm_nt(gr, y.reshape(-1), chan * y.shape[1] + off, acc, segs)
 
     _run(G.row_runs(0, G.Ho), work, blas=False)
-    return _sum_parts(parts), (_sum_parts(db_parts).astype(x.dtype) if bias else None)
+    return _sum_parts(parts)
 
 
 def _conv_input_grad_polyphase(w2, g, x_shape, ph, pw):
