@@ -421,6 +421,65 @@ def test_numba_shifted_convs_row_blocks_and_runs(dt, run_cols, k, p, skip_min, m
 
 
 @pytest.mark.skipif("numba" not in OTHERS, reason="numba backend not importable")
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("C,O", [(16, 32), (35, 48)])
+@pytest.mark.parametrize("H,W,k,p", [(9, 8, 5, 0), (7, 11, 3, 1), (1, 1, 3, 1), (6, 3, 3, 2), (13, 25, 5, 0),
+                                     (5, 30, 1, 0)], ids=str)
+def test_numba_bcast_convs(dt, C, O, H, W, k, p, monkeypatch):
+    """Passes whose channels fill whole vectors run on bcast_gemm (output channels in the lanes, blocks along
+    each row; the input gradient skips the taps that would read g's zero border), here forced onto every
+    geometry: rows narrower than a block, 1-pixel images, padding wider than the kernel's reach, blocks that
+    overlap at a row's end, several lane groups. Output, fused bias + ReLU, and both gradients are the
+    reference's; the bcast path is checked to have run."""
+    from minisr.backends import shifted_kernel as sk
+    from minisr.backends.numba import conv_shifted
+
+    nbe = get_backend("numba")
+    monkeypatch.setattr(conv_shifted, "_BCAST_MAX_WORK", 100.0)
+    monkeypatch.setattr(conv_shifted, "_RUN_COLS", 64)  # (runs of a few rows: blocks at runs' edges)
+    calls = []
+    real = sk.bcast_gemm
+    monkeypatch.setattr(sk, "bcast_gemm", lambda *a, **kw: (calls.append(a[3].shape[0]), real(*a, **kw))[1])
+    rng = np.random.default_rng(13)
+    N, geometry = 3, (k, k, 1, 1, p, p)
+    x, w2 = rng.standard_normal((N, C, H, W)).astype(dt), rng.standard_normal((O, C * k * k)).astype(dt)
+    b = rng.standard_normal(O).astype(dt)
+    want = ref.conv_forward(x, w2, *geometry)
+    g = rng.standard_normal(want.shape).astype(dt)
+    _assert_close(nbe.conv_forward(x, w2, *geometry), want, dt, "forward")
+    y = nbe.conv_fused_forward(x, w2, b, True, *geometry)
+    _assert_close(y, ref.conv_fused_forward(x, w2, b, True, *geometry), dt, "fused forward")
+    assert calls, "the forward did not run on bcast_gemm"
+    calls.clear()
+    _assert_close(nbe.conv_input_grad(w2, g, x.shape, *geometry), ref.conv_input_grad(w2, g, x.shape, *geometry), dt,
+                  "input gradient")
+    got = nbe.conv_fused_backward(g, y, x, w2, *geometry, True, True, True)
+    for a, r, what in zip(got, ref.conv_fused_backward(g, y, x, w2, *geometry, True, True, True),
+                          ("fused dx", "fused dw", "fused db")):
+        _assert_close(a, r, dt, what)
+    VW = sk.bcast_shape(1, dt)[2]
+    assert bool(calls) == (C % VW == 0), "the input gradient's path"  # (35 input channels: no whole vectors)
+
+
+@pytest.mark.skipif("numba" not in OTHERS, reason="numba backend not importable")
+def test_bcast_choice_follows_the_work():
+    """bcast_gemm is chosen where it saves >= 10% of the shifted kernel's work: SRCNN's 64 -> 32 5x5 'valid'
+    forward (21 of 25 columns, blocks of 7) and its input gradient (84% of the taps), not VDSR's 3x3 'same'
+    layers (42 of 43 columns), not channels that fill no whole vector, not a 1-channel sum."""
+    from minisr.backends import shifted_kernel as sk
+    from minisr.backends.numba.conv_shifted import _bcast_p, _taps_kept
+
+    if not sk.available() or sk.bcast_shape(1, np.float32)[2] != 16:
+        pytest.skip("the figures below are for AVX-512 (16 float32 lanes)")
+    f = np.float32
+    assert _taps_kept(25, 21, 5, 0) == pytest.approx(0.84) and _taps_kept(41, 41, 3, 1) == pytest.approx(1 - 2 / 123)
+    assert _bcast_p(32, 64, 21, 25, f) == 7
+    assert _bcast_p(64, 32, 25, 25, f, _taps_kept(25, 21, 5, 0)) == 5
+    assert _bcast_p(64, 64, 41, 43, f) == 0 and _bcast_p(64, 64, 41, 43, f, _taps_kept(41, 41, 3, 1)) == 0
+    assert _bcast_p(56, 64, 21, 25, f) == 0 and _bcast_p(32, 1, 21, 21, f, _taps_kept(21, 17, 5, 0)) == 0
+
+
+@pytest.mark.skipif("numba" not in OTHERS, reason="numba backend not importable")
 @pytest.mark.parametrize("N,H,k,p,run_cols", [(128, 25, 5, 0, 4096), (3, 9, 5, 0, 40), (1, 300, 3, 1, 4096),
                                               (16, 41, 3, 1, 4096), (5, 7, 3, 2, 40), (2, 1, 3, 1, 4096)])
 @pytest.mark.parametrize("skip_min", [0, 10**9])
@@ -540,6 +599,35 @@ def test_shifted_kernel_definition_and_bounds(dt):
     with pytest.raises(ValueError, match="out of bounds"):
         sk.gemm_nt(A, B, boffs, out, np.array([[Q - VW + 1, 1]], np.int64))  # past A's row
 
+    # bcast_gemm: out[o, q] = sum_(k0 <= k < k1) sum_c A[k, c, o] B[c, q + offs[k]] over P positions per block,
+    # output channels in groups of vectors (several groups and a padded last one), any tap range per block
+    P_max, OV, VW = sk.bcast_shape(10**6, dt)
+    O, K, offs = 2 * OV * VW + 5, 9, np.array([0, 1, 5, 9, 12], np.int64)
+    A = rng.standard_normal((len(offs), K, O)).astype(dt)
+    B = rng.standard_normal((K, 80)).astype(dt)
+    groups = sk.bcast_pack(A)
+    Opad = groups[-1][0] + groups[-1][1].shape[2]
+    assert len(groups) == 3 and Opad % VW == 0 and O <= Opad < O + VW
+    for P in (P_max, 3):
+        blocks = np.array([[0, 0, 5], [2 * P + 1, 1, 4], [P, 3, 3], [40, 2, 5]], np.int64)  # ([P, 3, 3]: no tap)
+        out = np.full((Opad, 60), np.nan, dt)
+        sk.bcast_gemm(groups, B, offs, out, blocks, P)
+        written = np.zeros(60, bool)
+        for q0, k0, k1 in blocks:
+            q = np.arange(q0, q0 + P)
+            want = sum((A[k].T @ B[:, q + offs[k]] for k in range(k0, k1)), np.zeros((O, P), dt))
+            _assert_close(out[:O, q], want, dt, f"bcast_gemm P={P} block {q0, k0, k1}")
+            written[q] = True
+        assert np.isnan(out[:, ~written]).all()  # (the positions of no block: not written)
+    with pytest.raises(ValueError, match="out of bounds"):
+        sk.bcast_gemm(groups, B, offs, out, np.array([[60 - P + 1, 0, 5]], np.int64), P)  # past out
+    with pytest.raises(ValueError, match="out of bounds"):
+        sk.bcast_gemm(groups, B[:, :45].copy(), offs, out, np.array([[31, 0, 5]], np.int64), P)  # past B
+    with pytest.raises(ValueError, match="out of bounds"):
+        sk.bcast_gemm(groups, B, offs, out, np.array([[0, 0, 6]], np.int64), P)  # past the taps
+    with pytest.raises(ValueError, match="out of bounds"):
+        sk.bcast_gemm(groups, B, offs, out, blocks, P_max + 1)  # more positions than registers
+
 
 @pytest.mark.skipif("numba" not in OTHERS, reason="numba backend not importable")
 def test_shifted_kernel_avx2_build(monkeypatch):
@@ -553,7 +641,8 @@ def test_shifted_kernel_avx2_build(monkeypatch):
     assert sk.block_shape(np.float32) == (4, 24) and sk.dot_shape(np.float32) == (3, 4, 8)
     test_shifted_kernel_definition_and_bounds(np.float32)
     test_shifted_kernel_definition_and_bounds(np.float64)
-    assert all(key[1] <= 4 for key in sk._kernels)  # the AVX2 shapes were the ones used
+    assert all(key[1] <= 4 for key in sk._kernels if key[0] is not sk._build_bcast)  # the AVX2 shapes were used
+    assert sk.bcast_shape(64, np.float32) == (6, 2, 8)  # (64 outputs: 2 groups of 2 vectors of 8)
 
 
 @pytest.mark.skipif("numba" not in OTHERS, reason="numba backend not importable")

@@ -1,9 +1,11 @@
 """The hand-written CPU kernels of the stride-1 convolutions, in LLVM IR built with llvmlite (the compiler
-library under Numba), compiled at first use for this machine's CPU. Two of them:
+library under Numba), compiled at first use for this machine's CPU. Three of them:
 
     shifted_gemm:  out[m, n] = sum_k sum_c A[k, m, c] * B[c, n + offs[k]]        n in the tiles at starts[t]
                    (c over all of B's rows, or per tap over a range of them)
     gemm_nt:       out[m, n] += sum_q A[m, q] * B[boffs[n] + q]                 q in the segments segs[s]
+    bcast_gemm:    out[m, n] = sum_(k0 <= k < k1) sum_c A[k, c, m] * B[c, n + offs[k]]
+                   n in the blocks of P positions at blocks[t] (each with its own taps k0 .. k1 - 1)
 
 With B a zero-padded image (channels x positions of its padded grid) and offs[k] the grid offset of the
 filter's tap k, shifted_gemm is a convolution's forward (A = the weights, tap by tap), and with B the output
@@ -29,6 +31,11 @@ A step reads MB + NV*VW numbers for MB*NV*VW multiply-adds, and the row blocks o
 columns from the L1 cache; ``pack`` lays A out in the order the kernel reads it. gemm_nt keeps MB x NB
 vectors of partial sums over q (4 x 6 with AVX-512: MB + NB vector loads per MB*NB multiply-adds) and adds
 each one's lanes into out at the end.
+
+bcast_gemm is shifted_gemm with the roles of the operands' axes swapped: the rows m (output channels) in the
+SIMD lanes, A's column of them loaded as vectors, and B broadcast one position at a time -- P positions x OV
+vectors of accumulators. Its blocks are therefore any P positions (shifted_gemm's tiles are runs of NV*VW
+columns, junk columns and all) with any range of taps.
 
 The tiles' starts (and gemm_nt's segments of q) are arguments so that a convolution computes only the grid
 positions it needs: below an image's last output row, a 'valid' convolution's grid holds kh - 1 rows of junk
@@ -264,6 +271,55 @@ def _build_dot(MB: int, NB: int, dtype):
     return f.compile()
 
 
+def _build_bcast(P: int, OV: int, dtype):
+    """bcast(A, B, out, offs, blocks, K, ldb, ldo, nblocks): ``bcast_gemm`` for blocks of P positions and OV
+    vectors of output channels: block t is the positions q0 .. q0 + P - 1 summed over the taps k0 <= k < k1,
+    (q0, k0, k1) = blocks[3 t .. 3 t + 2]; A packed (nshift, K, OV * VW). The sums are stored channel by
+    channel (out[o, q], as shifted_gemm's): P * OV * VW scalar stores per block against K * (k1 - k0) * P * OV
+    vector multiply-adds (~1-2% of a block's instructions), so the caller needs no transposing pass."""
+    f = _Function("bcast", dtype, 4, P, OV)  # acc[p][v]: position p, output channels v*VW .. v*VW + VW - 1
+    ir, b, acc, const, VW = f.ir, f.b, f.acc, f.const, f.VW
+    A, B, OUT, OFFS, BLOCKS, K, LDB, LDO, NBLOCKS = f.fn.args
+    splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), VW), [0] * VW)
+    OW = const(OV * VW)
+
+    def block(t):
+        q0, k0, k1 = (b.load(b.gep(BLOCKS, [b.add(b.mul(t, const(3)), const(j))])) for j in range(3))
+        for row in acc:
+            for a in row:
+                b.store(f.zero(), a)
+
+        def tap(j):
+            k = b.add(k0, j)
+            qk = b.add(q0, b.load(b.gep(OFFS, [k])))
+            a_tap = b.mul(b.mul(k, K), OW)
+
+            def step(c):
+                a_at = b.add(a_tap, b.mul(c, OW))
+                ws = [f.vector(A, b.add(a_at, const(v * VW))) for v in range(OV)]
+                at = b.add(b.mul(c, LDB), qk)
+                for p in range(P):
+                    s = b.load(b.gep(B, [b.add(at, const(p))]))
+                    s = b.insert_element(ir.Constant(f.vec, ir.Undefined), s, ir.Constant(ir.IntType(32), 0))
+                    s = b.shuffle_vector(s, ir.Constant(f.vec, ir.Undefined), splat_mask)
+                    for v in range(OV):
+                        b.store(b.call(f.fma, [s, ws[v], b.load(acc[p][v])]), acc[p][v])
+
+            f.loop(K, step)
+
+        f.loop(b.sub(k1, k0), tap)
+        for v in range(OV):  # out[o, q]: each lane (output channel) of the P vectors to its row, as scalars
+            vs = [b.load(acc[p][v]) for p in range(P)]
+            for lane in range(VW):
+                row = b.add(b.mul(const(v * VW + lane), LDO), q0)
+                for p in range(P):
+                    b.store(b.extract_element(vs[p], ir.Constant(ir.IntType(32), lane)),
+                            b.gep(OUT, [b.add(row, const(p))]))
+
+    f.loop(NBLOCKS, block)
+    return f.compile()
+
+
 def available() -> bool:
     """Whether the kernel compiles here (once; a failure is reported as a warning and the convolutions
     fall back to im2col + BLAS)."""
@@ -289,6 +345,11 @@ def kernel(MB: int, NV: int, dtype):
 def dot_kernel(MB: int, NB: int, dtype):
     """The compiled dot kernel for MB rows of A x NB rows of B, built once."""
     return _cached(_build_dot, MB, NB, np.dtype(dtype))
+
+
+def bcast_kernel(P: int, OV: int, dtype):
+    """The compiled broadcast kernel for P positions x OV vectors of output channels, built once."""
+    return _cached(_build_bcast, P, OV, np.dtype(dtype))
 
 
 def _cached(build, *key):
@@ -406,3 +467,58 @@ def gemm_nt(A: np.ndarray, B: np.ndarray, boffs: np.ndarray, out: np.ndarray, se
                 dot_kernel(mb, nb, A.dtype)(A[m0:].ctypes.data, B.ctypes.data, out[m0:, n0:].ctypes.data,
                                             boffs[n0:].ctypes.data, segs.ctypes.data, lda, N, len(segs),
                                             (m1 - m0) // mb, (n1 - n0) // nb)
+
+
+def bcast_shape(O: int, dtype) -> tuple[int, int, int]:
+    """(P, OV, VW) of ``bcast_gemm`` for O output channels: OV vectors of VW output channels per kernel call (at
+    most 4: wider O is done in groups) and P positions per block, filling the registers (P * OV accumulators +
+    OV weight vectors + 1 broadcast; at most 14)."""
+    *_, vbytes, regs = _machine()
+    VW = vbytes // np.dtype(dtype).itemsize
+    OV = min(4 if regs >= 32 else 2, -(-O // VW))
+    return min(14, (regs - 1 - OV) // OV), OV, VW
+
+
+def bcast_pack(a_taps: np.ndarray) -> list:
+    """A (nshift, K, O) -> [(first output channel, packed (nshift, K, OV * VW))]: the output channels in groups of
+    ``bcast_shape``'s OV vectors, zero-padded to whole vectors, in the order the kernel reads them."""
+    nshift, K, O = a_taps.shape
+    _, OV, VW = bcast_shape(O, a_taps.dtype)
+    groups = []
+    for o0 in range(0, O, OV * VW):
+        width = min(OV * VW, -(-(O - o0) // VW) * VW)
+        packed = np.zeros((nshift, K, width), a_taps.dtype)
+        packed[:, :, :min(width, O - o0)] = a_taps[:, :, o0:o0 + width]
+        groups.append((o0, packed))
+    return groups
+
+
+def bcast_gemm(groups: list, B: np.ndarray, offs: np.ndarray, out: np.ndarray, blocks: np.ndarray,
+               P: int | None = None) -> None:
+    """out[o, q] = sum_(k0 <= k < k1) sum_c A[k, c, o] * B[c, q + offs[k]] for the positions q0 <= q < q0 + P of
+    each block (q0, k0, k1) of ``blocks`` (int64 (nblocks, 3); P at most ``bcast_shape``'s), A as packed by
+    ``bcast_pack``: the output channels in the SIMD lanes and the positions broadcast, so a block is any P
+    positions (one output row's, say: no junk columns) and any range of taps (skipping what would multiply 0).
+    out (O', Q) is C-contiguous with O' >= the groups' padded width (its rows past O get 0-weight sums); B (K,
+    ldb) C-contiguous holds every position read."""
+    nshift, K, _ = groups[0][1].shape
+    O = groups[-1][0] + groups[-1][1].shape[2]
+    P_max = bcast_shape(groups[0][1].shape[2], B.dtype)[0]
+    P = P_max if P is None else P
+    _check(1 <= P <= P_max and B.flags.c_contiguous and out.flags.c_contiguous
+           and B.dtype == out.dtype == groups[0][1].dtype and B.shape[0] == K and out.shape[0] >= O
+           and offs.dtype == blocks.dtype == np.int64
+           and offs.shape == (nshift,) and blocks.ndim == 2 and blocks.shape[1] == 3 and blocks.flags.c_contiguous
+           and (len(blocks) == 0 or (blocks.min() >= 0 and int(blocks[:, 2].max()) <= nshift
+                                     and bool((blocks[:, 1] <= blocks[:, 2]).all())
+                                     and int(blocks[:, 0].max()) + P <= out.shape[1]
+                                     and int(blocks[:, 0].max()) + P + int(offs.max()) <= B.shape[1]))
+           and offs.min() >= 0,
+           lambda: f"B {B.shape} {B.dtype}, out {out.shape} {out.dtype}, {O} outputs, blocks of {P} positions "
+                   f"from {blocks[:, 0].min() if len(blocks) else '-'} to "
+                   f"{blocks[:, 0].max() + P if len(blocks) else '-'}, offsets {offs.min()}..{offs.max()}")
+    VW = bcast_shape(1, B.dtype)[2]
+    for o0, packed in groups:
+        bcast_kernel(P, packed.shape[2] // VW, B.dtype)(
+            packed.ctypes.data, B.ctypes.data, out[o0:].ctypes.data, offs.ctypes.data, blocks.ctypes.data,
+            K, B.shape[1], out.shape[1], len(blocks))

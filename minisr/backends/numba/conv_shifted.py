@@ -16,6 +16,12 @@ dot-product GEMM of g against the shifted rows of y (shifted_kernel.gemm_nt). Ea
 padded input (and gradient) in its own scratch (~1 MB, in cache for the kernels) -- nothing grid-sized is ever
 allocated. Runs hold at most _RUN_COLS positions.
 
+Junk-free blocks (``bcast_gemm``, the kernel's transpose): where the output channels fill whole SIMD vectors,
+a pass can put them in the lanes and broadcast the input, so a block is any P positions -- the valid columns of
+one row -- and any range of taps. The forward of a 'valid' conv then skips the kw - 1 junk columns of each
+row, and the input gradient the taps that would read g's zero border rows (``_bcast_p`` decides, per pass, from
+the work saved; SRCNN's 64 -> 32 5x5 layer runs both passes on it).
+
 Fused epilogues (conv_fused_forward / conv_fused_backward, :mod:`.conv`): the bias add and the ReLU happen as
 the forward copies its valid outputs out of a run (``_extract_rows_epilogue``), the bias gradient is summed from
 the run's g on the grid that the weight gradient builds anyway, and ReLU's mask is applied as g is copied onto
@@ -37,6 +43,8 @@ _SHIFTED_MIN_CHANNELS = 8  # below this the sums over channels are too short to 
 _SHIFTED_MIN_TAPS_DW = 25  # ... except in the weight gradient when C * kh * kw reaches this (see _shifted)
 _RUN_COLS = 4096
 _SKIP_MIN_COLS = 1024  # runs inside one image when an image's needed rows hold this many positions
+_BCAST = True  # passes whose channels fill whole vectors may run on bcast_gemm (see _bcast_p) ...
+_BCAST_MAX_WORK = 0.9  # ... when that does at most this fraction of the shifted kernel's work
 
 
 def _shifted(x, C, sh, sw, kh=1, kw=1, weight_grad=False):
@@ -151,6 +159,53 @@ def _extract_rows(part, r0, r1, Hp, Wp, top, left, out):
                     out[n, c, h, w] = part[c, base + w]
 
 
+@njit(nogil=True, cache=True)
+def _row_blocks(r0, r1, Hp, Wp, lo, hi, left, W, P, kh, kw, Ho):
+    """bcast_gemm's blocks (q, k0, k1) for the grid rows r = n*Hp + i in [r0, r1) with lo <= i < hi: P positions
+    from column left + j, j = 0, P, 2P, ... (the last block ending at column left + W: blocks may overlap, never
+    reach past the W columns unless W < P), q counted from the run's first position. With Ho > 0 (an input
+    gradient), a block sums only over the taps (u, v) whose output row i - u lies in [0, Ho): the rows of g's
+    zero border are skipped, not multiplied."""
+    nb = -(-W // P)
+    out = np.empty(((r1 - r0) * nb, 3), np.int64)
+    m = 0
+    for r in range(r0, r1):
+        i = r % Hp
+        if lo <= i < hi:
+            k0, k1 = 0, kh * kw
+            if Ho > 0:
+                k0, k1 = max(0, i - Ho + 1) * kw, (min(kh - 1, i) + 1) * kw
+            for t in range(nb):
+                j = min(t * P, max(0, W - P))
+                out[m, 0], out[m, 1], out[m, 2] = (r - r0) * Wp + left + j, k0, k1
+                m += 1
+    return out[:m]
+
+
+def _bcast_p(lanes, K, W, Wp, dtype, taps_kept=1.0):
+    """The positions per block when a pass runs on ``bcast_gemm`` (its ``lanes`` channels in the SIMD lanes,
+    summing over K channels), else 0: when the lanes fill whole vectors, K >= 8, and blocks along the W valid
+    columns of each row, times the fraction ``taps_kept`` of the multiplies not skipped, do at most
+    _BCAST_MAX_WORK = 0.9 x the Wp positions per row of the shifted kernel's grid (its junk columns). P is the
+    block length <= the register budget's that wastes the fewest positions per row (SRCNN's 21 columns: 3
+    blocks of 7, not 2 overlapping blocks of 14). Measured (2 threads, batch 128, 0.88-0.90x): SRCNN's 64 -> 32
+    5x5 forward, 21 of 25 columns, and its input gradient, 84% of the taps; VDSR's and EDSR's 3x3 layers
+    (0.95-0.98 of the grid's work) measured the same both ways and stay on the shifted kernel, and with K = 1
+    (SRCNN's 32 -> 1 input gradient: 1.07x) the per-block stores outweigh the short sums."""
+    P_max, _, VW = shifted_kernel.bcast_shape(lanes, dtype)
+    if not _BCAST or lanes % VW or K < 8 or P_max < 2:
+        return 0
+    P = min(range(P_max, max(1, P_max // 2) - 1, -1), key=lambda p: -(-W // p) * p)
+    return P if -(-W // P) * P * taps_kept <= _BCAST_MAX_WORK * Wp else 0
+
+
+def _taps_kept(H, Ho, kh, ph):
+    """The fraction of an input gradient's (row) taps whose output row exists: image rows near the border
+    take fewer than kh (the rest would multiply g's zero border)."""
+    Hp = H + 2 * ph
+    return sum(min(kh - 1, i) - max(0, i - Ho + 1) + 1 for i in range(ph, Hp - ph)) / (H * kh)
+
+
 class _Grid:
     """The padded position grid of one shifted conv: image n's padded pixel (r, s) is position
     q = n*L + r*Wp + s, L = Hp*Wp, and so is the output (i, j) whose windows start there."""
@@ -237,6 +292,29 @@ def _conv_forward_shifted(x, w2, kh, kw, ph, pw, b=None, relu=False):
     epilogue = b is not None or relu
     bias = np.zeros(O, x.dtype) if b is None else np.ascontiguousarray(b, dtype=x.dtype)
 
+    P = _bcast_p(O, C, G.Wo, G.Wp, x.dtype)
+    if P:  # output channels in the lanes, blocks along each output row: no junk columns
+        groups = shifted_kernel.bcast_pack(np.ascontiguousarray(w2.reshape(O, C, kh * kw).transpose(2, 1, 0)))
+        Opad = groups[-1][0] + groups[-1][1].shape[2]
+
+        def work(t, share):
+            for r0, r1 in share:
+                blocks = _row_blocks(r0, r1, G.Hp, G.Wp, 0, G.Ho, 0, G.Wo, P, kh, kw, 0)
+                if len(blocks) == 0:
+                    continue  # (a run of junk rows only)
+                end = int(blocks[-1, 0]) + P
+                y = _scratch(t, "y", (C, end + G.slack), x.dtype)
+                _window(x, ph, pw, G.Hp, G.Wp, r0 * G.Wp, y)
+                part = _scratch(t, "out", (Opad, end), x.dtype)
+                shifted_kernel.bcast_gemm(groups, y, offsets, part, blocks, P)
+                if epilogue:
+                    _extract_rows_epilogue(part, r0, r1, G.Hp, G.Wp, bias, relu, out4)
+                else:
+                    _extract_rows(part, r0, r1, G.Hp, G.Wp, 0, 0, out4)
+
+        _run(G.row_runs(0, G.Ho), work, blas=False)
+        return out
+
     def work(t, share):
         for r0, r1 in share:  # the run's padded input, its output rows, then the valid outputs into out
             q0 = r0 * G.Wp
@@ -309,6 +387,28 @@ def _conv_input_grad_shifted(w2, g, x_shape, kh, kw, ph, pw, y=None):
     g4 = _c(g).reshape(G.N, O, G.Ho, G.Wo)
     y4 = None if y is None else _c(y).reshape(G.N, O, G.Ho, G.Wo)
     dx = _empty(x_shape, g.dtype)
+    P = _bcast_p(C, O, x_shape[3], G.Wp, g.dtype, _taps_kept(x_shape[2], G.Ho, kh, ph))
+    if P:  # input channels in the lanes, blocks along each image row, the zero rows of g's border skipped
+        groups = shifted_kernel.bcast_pack(np.ascontiguousarray(w2.reshape(O, C, kh * kw).transpose(2, 0, 1)))
+        Cpad = groups[-1][0] + groups[-1][1].shape[2]
+
+        def work(t, share):
+            for r0, r1 in share:
+                blocks = _row_blocks(r0, r1, G.Hp, G.Wp, ph, G.Hp - ph, pw, x_shape[3], P, kh, kw, G.Ho)
+                if len(blocks) == 0:
+                    continue  # (a run of padding rows only)
+                end = int(blocks[-1, 0]) + P
+                gr = _scratch(t, "g", (O, G.slack + end), g.dtype)
+                if y4 is None:
+                    _window(g4, 0, 0, G.Hp, G.Wp, r0 * G.Wp - G.slack, gr)
+                else:
+                    _window_masked(g4, y4, G.Hp, G.Wp, r0 * G.Wp - G.slack, gr)
+                dy = _scratch(t, "dy", (Cpad, end), g.dtype)
+                shifted_kernel.bcast_gemm(groups, gr, offsets, dy, blocks, P)
+                _extract_rows(dy, r0, r1, G.Hp, G.Wp, ph, pw, dx)
+
+        _run(G.row_runs(ph, G.Hp - ph), work, blas=False)
+        return dx
 
     def work(t, share):
         for r0, r1 in share:
