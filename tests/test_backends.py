@@ -427,7 +427,8 @@ def test_numba_shifted_convs_row_blocks_and_runs(dt, run_cols, k, p, skip_min, m
                                      (5, 30, 1, 0)], ids=str)
 def test_numba_bcast_convs(dt, C, O, H, W, k, p, monkeypatch):
     """Passes whose channels fill whole vectors run on bcast_gemm (output channels in the lanes, blocks along
-    each row; the input gradient skips the taps that would read g's zero border), here forced onto every
+    each row; the input gradient skips the taps that would read g's zero border) and the weight gradient on
+    bcast_dot (g's channels in the lanes, sums over the valid columns only), here forced onto every
     geometry: rows narrower than a block, 1-pixel images, padding wider than the kernel's reach, blocks that
     overlap at a row's end, several lane groups. Output, fused bias + ReLU, and both gradients are the
     reference's; the bcast path is checked to have run."""
@@ -437,9 +438,10 @@ def test_numba_bcast_convs(dt, C, O, H, W, k, p, monkeypatch):
     nbe = get_backend("numba")
     monkeypatch.setattr(conv_shifted, "_BCAST_MAX_WORK", 100.0)
     monkeypatch.setattr(conv_shifted, "_RUN_COLS", 64)  # (runs of a few rows: blocks at runs' edges)
-    calls = []
-    real = sk.bcast_gemm
-    monkeypatch.setattr(sk, "bcast_gemm", lambda *a, **kw: (calls.append(a[3].shape[0]), real(*a, **kw))[1])
+    calls, dots = [], []
+    real, real_dot = sk.bcast_gemm, sk.bcast_dot
+    monkeypatch.setattr(sk, "bcast_gemm", lambda *a, **kw: (calls.append(1), real(*a, **kw))[1])
+    monkeypatch.setattr(sk, "bcast_dot", lambda *a, **kw: (dots.append(1), real_dot(*a, **kw))[1])
     rng = np.random.default_rng(13)
     N, geometry = 3, (k, k, 1, 1, p, p)
     x, w2 = rng.standard_normal((N, C, H, W)).astype(dt), rng.standard_normal((O, C * k * k)).astype(dt)
@@ -459,6 +461,7 @@ def test_numba_bcast_convs(dt, C, O, H, W, k, p, monkeypatch):
         _assert_close(a, r, dt, what)
     VW = sk.bcast_shape(1, dt)[2]
     assert bool(calls) == (C % VW == 0), "the input gradient's path"  # (35 input channels: no whole vectors)
+    assert dots, "the weight gradient did not run on bcast_dot"
 
 
 @pytest.mark.skipif("numba" not in OTHERS, reason="numba backend not importable")
@@ -628,6 +631,25 @@ def test_shifted_kernel_definition_and_bounds(dt):
     with pytest.raises(ValueError, match="out of bounds"):
         sk.bcast_gemm(groups, B, offs, out, blocks, P_max + 1)  # more positions than registers
 
+    # bcast_dot: out[o, n] += sum_q G[q, o] B[boffs[n] + q] over segments of any start and length (several lane
+    # groups; full blocks of B's rows and a remainder block)
+    for O, N in [(2 * OV * VW + VW, 2 * P_max + 3), (VW, 1)]:
+        G = rng.standard_normal((50, O + 3)).astype(dt)
+        B = rng.standard_normal(300).astype(dt)
+        boffs = rng.integers(0, 200, N).astype(np.int64)
+        segs = np.array([[3, 17], [40, 1], [21, 0], [25, 10]], np.int64)
+        q = np.r_[3:20, 40:41, 25:35]
+        out = rng.standard_normal((O, N)).astype(dt)
+        want = out + G[q, :O].T @ np.stack([B[o + q] for o in boffs]).T
+        sk.bcast_dot(G, B, boffs, out, segs)
+        _assert_close(out, want, dt, f"bcast_dot {O}x{N}")
+    with pytest.raises(ValueError, match="out of bounds"):
+        sk.bcast_dot(G, B, boffs, out, np.array([[45, 6]], np.int64))  # past G's rows
+    with pytest.raises(ValueError, match="out of bounds"):
+        sk.bcast_dot(G, B, boffs + 300 - 35 - int(boffs.max()) + 1, out, segs)  # past B
+    with pytest.raises(ValueError, match="out of bounds"):
+        sk.bcast_dot(G, B, boffs, np.zeros((VW + 1, 1), dt), segs)  # rows not a whole vector
+
 
 @pytest.mark.skipif("numba" not in OTHERS, reason="numba backend not importable")
 def test_shifted_kernel_avx2_build(monkeypatch):
@@ -641,7 +663,8 @@ def test_shifted_kernel_avx2_build(monkeypatch):
     assert sk.block_shape(np.float32) == (4, 24) and sk.dot_shape(np.float32) == (3, 4, 8)
     test_shifted_kernel_definition_and_bounds(np.float32)
     test_shifted_kernel_definition_and_bounds(np.float64)
-    assert all(key[1] <= 4 for key in sk._kernels if key[0] is not sk._build_bcast)  # the AVX2 shapes were used
+    assert all(key[1] <= 4 for key in sk._kernels  # the AVX2 shapes were used
+               if key[0] not in (sk._build_bcast, sk._build_bcast_dot))
     assert sk.bcast_shape(64, np.float32) == (6, 2, 8)  # (64 outputs: 2 groups of 2 vectors of 8)
 
 

@@ -1,11 +1,12 @@
 """The hand-written CPU kernels of the stride-1 convolutions, in LLVM IR built with llvmlite (the compiler
-library under Numba), compiled at first use for this machine's CPU. Three of them:
+library under Numba), compiled at first use for this machine's CPU. Four of them:
 
     shifted_gemm:  out[m, n] = sum_k sum_c A[k, m, c] * B[c, n + offs[k]]        n in the tiles at starts[t]
                    (c over all of B's rows, or per tap over a range of them)
     gemm_nt:       out[m, n] += sum_q A[m, q] * B[boffs[n] + q]                 q in the segments segs[s]
     bcast_gemm:    out[m, n] = sum_(k0 <= k < k1) sum_c A[k, c, m] * B[c, n + offs[k]]
                    n in the blocks of P positions at blocks[t] (each with its own taps k0 .. k1 - 1)
+    bcast_dot:     out[m, n] += sum_q G[q, m] * B[boffs[n] + q]                  q in the segments segs[s]
 
 With B a zero-padded image (channels x positions of its padded grid) and offs[k] the grid offset of the
 filter's tap k, shifted_gemm is a convolution's forward (A = the weights, tap by tap), and with B the output
@@ -320,6 +321,49 @@ def _build_bcast(P: int, OV: int, dtype):
     return f.compile()
 
 
+def _build_bcast_dot(P: int, OV: int, dtype):
+    """bdot(G, B, out, boffs, segs, ldg, ldo, nseg, npb): ``bcast_dot`` for blocks of P rows of B (row n at
+    B + boffs[n]) and OV vectors of G's columns: out[o, n] += sum_q G[q, o] * B[boffs[n] + q] over the segments
+    q0 <= q < q0 + count, (q0, count) = segs[2 s .. 2 s + 1]."""
+    f = _Function("bdot", dtype, 4, P, OV)  # acc[p][v]: row p of the block, G's columns v*VW .. v*VW + VW - 1
+    ir, b, acc, const, VW = f.ir, f.b, f.acc, f.const, f.VW
+    G, B, OUT, BOFFS, SEGS, LDG, LDO, NSEG, NPB = f.fn.args
+    splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), VW), [0] * VW)
+
+    def pair_block(pb):
+        rows = [b.load(b.gep(BOFFS, [b.add(b.mul(pb, const(P)), const(p))])) for p in range(P)]
+        for row in acc:
+            for a in row:
+                b.store(f.zero(), a)
+
+        def segment(s):
+            q0 = b.load(b.gep(SEGS, [b.mul(s, const(2))]))
+
+            def step(t):
+                q = b.add(q0, t)
+                gs = [f.vector(G, b.add(b.mul(q, LDG), const(v * VW))) for v in range(OV)]
+                for p in range(P):
+                    x = b.load(b.gep(B, [b.add(rows[p], q)]))
+                    x = b.insert_element(ir.Constant(f.vec, ir.Undefined), x, ir.Constant(ir.IntType(32), 0))
+                    x = b.shuffle_vector(x, ir.Constant(f.vec, ir.Undefined), splat_mask)
+                    for v in range(OV):
+                        b.store(b.call(f.fma, [x, gs[v], b.load(acc[p][v])]), acc[p][v])
+
+            f.loop(b.load(b.gep(SEGS, [b.add(b.mul(s, const(2)), const(1))])), step)
+
+        f.loop(NSEG, segment)
+        for v in range(OV):  # out[o, n] += each lane (column o of G) of the P sums, as scalars
+            vs = [b.load(acc[p][v]) for p in range(P)]
+            for lane in range(VW):
+                row = b.add(b.mul(const(v * VW + lane), LDO), b.mul(pb, const(P)))
+                for p in range(P):
+                    at = b.gep(OUT, [b.add(row, const(p))])
+                    b.store(b.fadd(b.load(at), b.extract_element(vs[p], ir.Constant(ir.IntType(32), lane))), at)
+
+    f.loop(NPB, pair_block)
+    return f.compile()
+
+
 def available() -> bool:
     """Whether the kernel compiles here (once; a failure is reported as a warning and the convolutions
     fall back to im2col + BLAS)."""
@@ -350,6 +394,11 @@ def dot_kernel(MB: int, NB: int, dtype):
 def bcast_kernel(P: int, OV: int, dtype):
     """The compiled broadcast kernel for P positions x OV vectors of output channels, built once."""
     return _cached(_build_bcast, P, OV, np.dtype(dtype))
+
+
+def bcast_dot_kernel(P: int, OV: int, dtype):
+    """The compiled broadcast dot kernel for P rows of B x OV vectors of G's columns, built once."""
+    return _cached(_build_bcast_dot, P, OV, np.dtype(dtype))
 
 
 def _cached(build, *key):
@@ -522,3 +571,31 @@ def bcast_gemm(groups: list, B: np.ndarray, offs: np.ndarray, out: np.ndarray, b
         bcast_kernel(P, packed.shape[2] // VW, B.dtype)(
             packed.ctypes.data, B.ctypes.data, out[o0:].ctypes.data, offs.ctypes.data, blocks.ctypes.data,
             K, B.shape[1], out.shape[1], len(blocks))
+
+
+def bcast_dot(G: np.ndarray, B: np.ndarray, boffs: np.ndarray, out: np.ndarray, segs: np.ndarray) -> None:
+    """out[o, n] += sum_q G[q, o] * B[boffs[n] + q] over the segments q0 <= q < q0 + count of ``segs`` (int64
+    (S, 2): any start and length), for G (Q, O') C-contiguous (positions x channels, O' >= O), B a C-contiguous
+    1-D array and out (O, N) C-contiguous with O a multiple of the SIMD width: gemm_nt with G's channels in the
+    lanes and B's rows broadcast, so the sum runs over any positions (a weight gradient's valid output
+    columns: no junk)."""
+    (O, N), Q = out.shape, G.shape[0]
+    P_max, OV, VW = bcast_shape(O, G.dtype)
+    ends = segs[:, 0] + segs[:, 1] if len(segs) else np.zeros(1, np.int64)
+    _check(G.dtype == B.dtype == out.dtype and G.flags.c_contiguous and B.ndim == 1 and B.flags.c_contiguous
+           and out.flags.c_contiguous and O % VW == 0 and G.shape[1] >= O and N > 0
+           and boffs.dtype == segs.dtype == np.int64 and boffs.shape == (N,) and boffs.flags.c_contiguous
+           and boffs.min() >= 0 and segs.ndim == 2 and segs.shape[1] == 2 and segs.flags.c_contiguous
+           and (len(segs) == 0 or segs.min() >= 0) and int(ends.max()) <= Q
+           and int(boffs.max()) + int(ends.max()) <= B.size,
+           lambda: f"G {G.shape}, B {B.shape}, offsets {boffs.min()}..{boffs.max()}, out {out.shape}, "
+                   f"segments {segs.tolist()[:4]}...")
+    if len(segs) == 0:
+        return
+    for o0 in range(0, O, OV * VW):
+        ov = min(OV, (O - o0) // VW)
+        for n0, n1, p in ((0, N // P_max * P_max, P_max), (N // P_max * P_max, N, N % P_max)):
+            if n1 > n0:
+                bcast_dot_kernel(p, ov, G.dtype)(G[:, o0:].ctypes.data, B.ctypes.data, out[o0:, n0:].ctypes.data,
+                                                 boffs[n0:].ctypes.data, segs.ctypes.data, G.shape[1], N,
+                                                 len(segs), (n1 - n0) // p)

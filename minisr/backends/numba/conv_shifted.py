@@ -19,8 +19,9 @@ allocated. Runs hold at most _RUN_COLS positions.
 Junk-free blocks (``bcast_gemm``, the kernel's transpose): where the output channels fill whole SIMD vectors,
 a pass can put them in the lanes and broadcast the input, so a block is any P positions -- the valid columns of
 one row -- and any range of taps. The forward of a 'valid' conv then skips the kw - 1 junk columns of each
-row, and the input gradient the taps that would read g's zero border rows (``_bcast_p`` decides, per pass, from
-the work saved; SRCNN's 64 -> 32 5x5 layer runs both passes on it).
+row, and the input gradient the taps that would read g's zero border rows; the weight gradient sums over the
+valid columns only (``bcast_dot``, g copied positions x channels). ``_bcast_p`` decides, per pass, from the
+work saved: SRCNN's 64 -> 32 5x5 layer runs all three passes on them.
 
 Fused epilogues (conv_fused_forward / conv_fused_backward, :mod:`.conv`): the bias add and the ReLU happen as
 the forward copies its valid outputs out of a run (``_extract_rows_epilogue``), the bias gradient is summed from
@@ -45,6 +46,7 @@ _RUN_COLS = 4096
 _SKIP_MIN_COLS = 1024  # runs inside one image when an image's needed rows hold this many positions
 _BCAST = True  # passes whose channels fill whole vectors may run on bcast_gemm (see _bcast_p) ...
 _BCAST_MAX_WORK = 0.9  # ... when that does at most this fraction of the shifted kernel's work
+_BCAST_K_MIN = 8  # ... and sum over at least this many channels (weight gradient: rows of the input)
 
 
 def _shifted(x, C, sh, sw, kh=1, kw=1, weight_grad=False):
@@ -182,6 +184,41 @@ def _row_blocks(r0, r1, Hp, Wp, lo, hi, left, W, P, kh, kw, Ho):
     return out[:m]
 
 
+@njit(nogil=True, cache=True)
+def _window_t(g, y, masked, Hp, Wp, r0, r1, out, db, bias):
+    # The valid positions of grid rows [r0, r1) of g (N, C, H, W: the output grid's rows r = n*Hp + h, h < H),
+    # positions x channels: out[(r - r0)*Wp + w, c] = g[n, c, h, w] (times [y > 0] when masked); the junk
+    # positions are not written (bcast_dot never reads them). With bias, db[c] += the numbers written.
+    N, C, H, W = g.shape
+    for r in range(r0, r1):
+        n, h = r // Hp, r % Hp
+        if n < N and h < H:
+            base = (r - r0) * Wp
+            for c in range(C):
+                acc = 0.0
+                for w in range(W):
+                    v = g[n, c, h, w]
+                    if masked and y[n, c, h, w] <= 0:
+                        v = 0
+                    out[base + w, c] = v
+                    acc += v
+                if bias:
+                    db[c] += acc
+
+
+@njit(nogil=True, cache=True)
+def _row_segments(r0, r1, Hp, Wp, Ho, Wo):
+    # bcast_dot's segments (q, Wo): the valid outputs of each output row in grid rows [r0, r1), q counted from
+    # the run's first position
+    out = np.empty((r1 - r0, 2), np.int64)
+    m = 0
+    for r in range(r0, r1):
+        if r % Hp < Ho:
+            out[m, 0], out[m, 1] = (r - r0) * Wp, Wo
+            m += 1
+    return out[:m]
+
+
 def _bcast_p(lanes, K, W, Wp, dtype, taps_kept=1.0):
     """The positions per block when a pass runs on ``bcast_gemm`` (its ``lanes`` channels in the SIMD lanes,
     summing over K channels), else 0: when the lanes fill whole vectors, K >= 8, and blocks along the W valid
@@ -193,7 +230,7 @@ def _bcast_p(lanes, K, W, Wp, dtype, taps_kept=1.0):
     (0.95-0.98 of the grid's work) measured the same both ways and stay on the shifted kernel, and with K = 1
     (SRCNN's 32 -> 1 input gradient: 1.07x) the per-block stores outweigh the short sums."""
     P_max, _, VW = shifted_kernel.bcast_shape(lanes, dtype)
-    if not _BCAST or lanes % VW or K < 8 or P_max < 2:
+    if not _BCAST or lanes % VW or K < _BCAST_K_MIN or P_max < 2:  # (K: see _BCAST_K_MIN)
         return 0
     P = min(range(P_max, max(1, P_max // 2) - 1, -1), key=lambda p: -(-W // p) * p)
     return P if -(-W // P) * P * taps_kept <= _BCAST_MAX_WORK * Wp else 0
@@ -347,6 +384,25 @@ def _conv_weight_grad_shifted(g, x, kh, kw, ph, pw, y=None, bias=False):
     y4 = None if y is None else _c(y).reshape(G.N, O, G.Ho, G.Wo)
     offsets = np.array(G.offsets, np.int64)
     parts, db_parts = {}, {}
+    if _bcast_p(O, C, G.Wo, G.Wp, x.dtype):  # g's channels in the lanes, sums over the valid columns only
+
+        def work_bcast(t, share):
+            acc = parts[t] = np.zeros((O, C * kh * kw), x.dtype)
+            db = db_parts[t] = np.zeros(O, np.float64)
+            for r0, r1 in share:
+                segs = _row_segments(r0, r1, G.Hp, G.Wp, G.Ho, G.Wo)
+                if len(segs) == 0:
+                    continue  # (a run of junk rows only)
+                span = (r1 - r0) * G.Wp
+                y = _scratch(t, "y", (C, span + G.slack), x.dtype)
+                _window(x, ph, pw, G.Hp, G.Wp, r0 * G.Wp, y)
+                gt = _scratch(t, "g_t", (span, O), x.dtype)
+                _window_t(g4, g4 if y4 is None else y4, y4 is not None, G.Hp, G.Wp, r0, r1, gt, db, bias)
+                rows = (np.arange(C)[:, None] * y.shape[1] + offsets).reshape(-1)
+                shifted_kernel.bcast_dot(gt, y.reshape(-1), rows, acc, segs)
+
+        _run(G.row_runs(0, G.Ho), work_bcast, blas=False)
+        return _sum_parts(parts), (_sum_parts(db_parts).astype(x.dtype) if bias else None)
 
     def work(t, share):
         acc = parts[t] = np.zeros((O, C * kh * kw), x.dtype)
