@@ -36,7 +36,8 @@ each one's lanes into out at the end.
 bcast_gemm is shifted_gemm with the roles of the operands' axes swapped: the rows m (output channels) in the
 SIMD lanes, A's column of them loaded as vectors, and B broadcast one position at a time -- P positions x OV
 vectors of accumulators. Its blocks are therefore any P positions (shifted_gemm's tiles are runs of NV*VW
-columns, junk columns and all) with any range of taps.
+columns, junk columns and all) with any range of taps. bcast_dot is gemm_nt the same way round (G's channels in
+the lanes, B's rows broadcast): its segments of q are any positions, not whole vectors of them.
 
 The tiles' starts (and gemm_nt's segments of q) are arguments so that a convolution computes only the grid
 positions it needs: below an image's last output row, a 'valid' convolution's grid holds kh - 1 rows of junk
