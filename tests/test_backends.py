@@ -436,7 +436,7 @@ def test_numba_bcast_convs(dt, C, O, H, W, k, p, monkeypatch):
     from minisr.backends.numba import conv_shifted
 
     nbe = get_backend("numba")
-    monkeypatch.setattr(conv_shifted, "_BCAST_MAX_WORK", 100.0)
+    monkeypatch.setattr(conv_shifted, "_BCAST_MAX_WORK", 100.0)  # (every geometry, whatever the work)
     monkeypatch.setattr(conv_shifted, "_RUN_COLS", 64)  # (runs of a few rows: blocks at runs' edges)
     calls, dots = [], []
     real, real_dot = sk.bcast_gemm, sk.bcast_dot
@@ -466,9 +466,10 @@ def test_numba_bcast_convs(dt, C, O, H, W, k, p, monkeypatch):
 
 @pytest.mark.skipif("numba" not in OTHERS, reason="numba backend not importable")
 def test_bcast_choice_follows_the_work():
-    """bcast_gemm is chosen where it saves >= 10% of the shifted kernel's work: SRCNN's 64 -> 32 5x5 'valid'
-    forward (21 of 25 columns, blocks of 7) and its input gradient (84% of the taps), not VDSR's 3x3 'same'
-    layers (42 of 43 columns), not channels that fill no whole vector, not a 1-channel sum."""
+    """bcast_gemm is chosen where it computes at most 1.02x the shifted grid's positions, with blocks of the
+    length the cost model picks: SRCNN's 64 -> 32 5x5 'valid' forward (21 of 25 columns: blocks of 7) and its input
+    gradient (84% of the taps), VDSR's and EDSR's 3x3 'same' layers (blocks of 6), a 512-wide row in blocks of 6;
+    not channels that fill no whole vector, not a 1-channel sum, not a row 3 positions wider than the grid."""
     from minisr.backends import shifted_kernel as sk
     from minisr.backends.numba.conv_shifted import _bcast_p, _taps_kept
 
@@ -478,8 +479,9 @@ def test_bcast_choice_follows_the_work():
     assert _taps_kept(25, 21, 5, 0) == pytest.approx(0.84) and _taps_kept(41, 41, 3, 1) == pytest.approx(1 - 2 / 123)
     assert _bcast_p(32, 64, 21, 25, f) == 7
     assert _bcast_p(64, 32, 25, 25, f, _taps_kept(25, 21, 5, 0)) == 5
-    assert _bcast_p(64, 64, 41, 43, f) == 0 and _bcast_p(64, 64, 41, 43, f, _taps_kept(41, 41, 3, 1)) == 0
+    assert _bcast_p(64, 64, 41, 43, f) == 6 and _bcast_p(64, 64, 48, 50, f) == 6 and _bcast_p(64, 64, 512, 514, f) == 6
     assert _bcast_p(56, 64, 21, 25, f) == 0 and _bcast_p(32, 1, 21, 21, f, _taps_kept(21, 17, 5, 0)) == 0
+    assert _bcast_p(64, 64, 40, 37, f) == 0  # (rule check: 42 positions in blocks of 6 against 37)
 
 
 @pytest.mark.skipif("numba" not in OTHERS, reason="numba backend not importable")
@@ -630,6 +632,23 @@ def test_shifted_kernel_definition_and_bounds(dt):
         sk.bcast_gemm(groups, B, offs, out, np.array([[0, 0, 6]], np.int64), P)  # past the taps
     with pytest.raises(ValueError, match="out of bounds"):
         sk.bcast_gemm(groups, B, offs, out, blocks, P_max + 1)  # more positions than registers
+    # ... with 4-column blocks (q0, k0, k1, o): straight into an NCHW tensor at flat index o + m * H*W + p, with the
+    # bias and the ReLU (whole vectors of channels: the first 2 groups' channels)
+    O2 = 2 * OV * VW
+    A2 = A[:, :, :O2].copy()
+    bias = rng.standard_normal(O2).astype(dt)
+    for relu in (False, True):
+        out4 = np.full((2, O2, 3, 9), np.nan, dt)
+        P = 4
+        blocks4 = np.array([[2, 0, 5, 1 * O2 * 27 + 2 * 9 + 5], [30, 1, 3, 0 * O2 * 27 + 0 * 9 + 0]], np.int64)
+        sk.bcast_gemm(sk.bcast_pack(A2, bias), B, offs, out4, blocks4, P, relu)
+        for (q0, k0, k1, _), (n, h, w) in zip(blocks4, [(1, 2, 5), (0, 0, 0)]):
+            q = np.arange(q0, q0 + P)
+            want = sum(A2[k].T @ B[:, q + offs[k]] for k in range(k0, k1)) + bias[:, None]
+            _assert_close(out4[n, :, h, w:w + P], np.maximum(want, 0) if relu else want, dt, f"direct, relu={relu}")
+        assert np.isnan(out4).sum() == out4.size - 2 * O2 * P  # (nothing else written)
+    with pytest.raises(ValueError, match="out of bounds"):
+        sk.bcast_gemm(sk.bcast_pack(A2), B, offs, out4, np.array([[0, 0, 5, O2 * 27 + 26]], np.int64), P)  # past out
 
     # bcast_dot: out[o, n] += sum_q G[q, o] B[boffs[n] + q] over segments of any start and length (several lane
     # groups; full blocks of B's rows and a remainder block)

@@ -83,13 +83,13 @@ def block_shape(dtype) -> tuple[int, int]:
 
 class _Function:
     """An LLVM function being written: void name(real *A, real *B, real *out, int64 *offsets, int64 *starts,
-    int64 ...), with the few helpers both kernels need. ``compile()`` returns it as a ctypes function (which
+    [real *...,] int64 ...), with the few helpers the kernels need. ``compile()`` returns it as a ctypes function (which
     releases the GIL while it runs)."""
 
-    def __init__(self, name: str, dtype, n_ints: int, MB: int, NV: int):
+    def __init__(self, name: str, dtype, n_ints: int, MB: int, NV: int, n_reals: int = 0):
         import llvmlite.ir as ir
 
-        self.ir, self.name, self.n_ints = ir, name, n_ints
+        self.ir, self.name, self.n_ints, self.n_reals = ir, name, n_ints, n_reals
         self.it = np.dtype(dtype).itemsize
         self.VW = _machine()[2] // self.it  # numbers per SIMD register
         real = ir.FloatType() if self.it == 4 else ir.DoubleType()
@@ -97,7 +97,7 @@ class _Function:
         self.module = ir.Module(name=name)
         ptr = real.as_pointer()
         self.fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [ptr, ptr, ptr] + [self.i64.as_pointer()] * 2
-                                                           + [self.i64] * n_ints), name)
+                                                           + [ptr] * n_reals + [self.i64] * n_ints), name)
         for a in self.fn.args[:5]:
             a.add_attribute("noalias")
         self.fma = ir.Function(self.module, ir.FunctionType(self.vec, [self.vec] * 3),
@@ -149,7 +149,8 @@ class _Function:
         engine = llvm.create_mcjit_compiler(module, tm)
         engine.finalize_object()
         P, I = ctypes.c_void_p, ctypes.c_int64
-        fn = ctypes.CFUNCTYPE(None, P, P, P, P, P, *[I] * self.n_ints)(engine.get_function_address(self.name))
+        fn = ctypes.CFUNCTYPE(None, P, P, P, P, P, *[P] * self.n_reals, *[I] * self.n_ints)(
+            engine.get_function_address(self.name))
         fn.engine = engine  # (keeps the machine code alive)
         return fn
 
@@ -273,20 +274,21 @@ def _build_dot(MB: int, NB: int, dtype):
     return f.compile()
 
 
-def _build_bcast(P: int, OV: int, dtype):
-    """bcast(A, B, out, offs, blocks, K, ldb, ldo, nblocks): ``bcast_gemm`` for blocks of P positions and OV
-    vectors of output channels: block t is the positions q0 .. q0 + P - 1 summed over the taps k0 <= k < k1,
-    (q0, k0, k1) = blocks[3 t .. 3 t + 2]; A packed (nshift, K, OV * VW). The sums are stored channel by
-    channel (out[o, q], as shifted_gemm's): P * OV * VW scalar stores per block against K * (k1 - k0) * P * OV
-    vector multiply-adds (~1-2% of a block's instructions), so the caller needs no transposing pass."""
-    f = _Function("bcast", dtype, 4, P, OV)  # acc[p][v]: position p, output channels v*VW .. v*VW + VW - 1
+def _build_bcast(P: int, OV: int, dtype, relu: bool = False):
+    """bcast(A, B, out, offs, blocks, bias, K, ldb, ldo, nblocks): ``bcast_gemm`` for blocks of P positions and OV
+    vectors of output channels: block t is the positions q0 .. q0 + P - 1 summed over the taps k0 <= k < k1 and
+    stored at out[o + m * ldo + p] (+ bias[m], then max(., 0) when relu), (q0, k0, k1, o) = blocks[4 t .. 4 t + 3];
+    A packed (nshift, K, OV * VW). The sums are stored channel by channel -- P * OV * VW scalar stores per block
+    against K * (k1 - k0) * P * OV vector multiply-adds (~1-3% of a block's instructions) -- so they can go
+    straight into an NCHW tensor (o = the first output's index) or into shifted_gemm's (channels x positions)."""
+    f = _Function("bcast", dtype, 4, P, OV, n_reals=1)  # acc[p][v]: position p, output channels v*VW .. v*VW + VW - 1
     ir, b, acc, const, VW = f.ir, f.b, f.acc, f.const, f.VW
-    A, B, OUT, OFFS, BLOCKS, K, LDB, LDO, NBLOCKS = f.fn.args
+    A, B, OUT, OFFS, BLOCKS, BIAS, K, LDB, LDO, NBLOCKS = f.fn.args
     splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), VW), [0] * VW)
     OW = const(OV * VW)
 
     def block(t):
-        q0, k0, k1 = (b.load(b.gep(BLOCKS, [b.add(b.mul(t, const(3)), const(j))])) for j in range(3))
+        q0, k0, k1, o0 = (b.load(b.gep(BLOCKS, [b.add(b.mul(t, const(4)), const(j))])) for j in range(4))
         for row in acc:
             for a in row:
                 b.store(f.zero(), a)
@@ -310,10 +312,12 @@ def _build_bcast(P: int, OV: int, dtype):
             f.loop(K, step)
 
         f.loop(b.sub(k1, k0), tap)
-        for v in range(OV):  # out[o, q]: each lane (output channel) of the P vectors to its row, as scalars
-            vs = [b.load(acc[p][v]) for p in range(P)]
+        for v in range(OV):  # each lane (output channel) of the P vectors to its row, as scalars
+            vs = [b.fadd(b.load(acc[p][v]), f.vector(BIAS, const(v * VW))) for p in range(P)]
+            if relu:  # (v <= 0 -> 0; a NaN stays NaN, as relu_forward)
+                vs = [b.select(b.fcmp_ordered("<=", x, f.zero()), f.zero(), x) for x in vs]
             for lane in range(VW):
-                row = b.add(b.mul(const(v * VW + lane), LDO), q0)
+                row = b.add(b.mul(const(v * VW + lane), LDO), o0)
                 for p in range(P):
                     b.store(b.extract_element(vs[p], ir.Constant(ir.IntType(32), lane)),
                             b.gep(OUT, [b.add(row, const(p))]))
@@ -392,9 +396,9 @@ def dot_kernel(MB: int, NB: int, dtype):
     return _cached(_build_dot, MB, NB, np.dtype(dtype))
 
 
-def bcast_kernel(P: int, OV: int, dtype):
-    """The compiled broadcast kernel for P positions x OV vectors of output channels, built once."""
-    return _cached(_build_bcast, P, OV, np.dtype(dtype))
+def bcast_kernel(P: int, OV: int, dtype, relu: bool = False):
+    """The compiled broadcast kernel for P positions x OV vectors of output channels (with the ReLU), built once."""
+    return _cached(_build_bcast, P, OV, np.dtype(dtype), bool(relu))
 
 
 def bcast_dot_kernel(P: int, OV: int, dtype):
@@ -529,49 +533,74 @@ def bcast_shape(O: int, dtype) -> tuple[int, int, int]:
     return min(14, (regs - 1 - OV) // OV), OV, VW
 
 
-def bcast_pack(a_taps: np.ndarray) -> list:
-    """A (nshift, K, O) -> [(first output channel, packed (nshift, K, OV * VW))]: the output channels in groups of
-    ``bcast_shape``'s OV vectors, zero-padded to whole vectors, in the order the kernel reads them."""
+def bcast_pack(a_taps: np.ndarray, bias: np.ndarray | None = None) -> list:
+    """A (nshift, K, O) -> [(first output channel, packed (nshift, K, OV * VW), its bias (OV * VW,))]: the output
+    channels in groups of ``bcast_shape``'s OV vectors, zero-padded to whole vectors, in the order the kernel
+    reads them; the bias (O,) likewise (0 without one)."""
     nshift, K, O = a_taps.shape
     _, OV, VW = bcast_shape(O, a_taps.dtype)
     groups = []
     for o0 in range(0, O, OV * VW):
         width = min(OV * VW, -(-(O - o0) // VW) * VW)
+        n = min(width, O - o0)
         packed = np.zeros((nshift, K, width), a_taps.dtype)
-        packed[:, :, :min(width, O - o0)] = a_taps[:, :, o0:o0 + width]
-        groups.append((o0, packed))
+        packed[:, :, :n] = a_taps[:, :, o0:o0 + n]
+        b = np.zeros(width, a_taps.dtype)
+        if bias is not None:
+            b[:n] = bias[o0:o0 + n]
+        groups.append((o0, packed, b))
     return groups
 
 
 def bcast_gemm(groups: list, B: np.ndarray, offs: np.ndarray, out: np.ndarray, blocks: np.ndarray,
-               P: int | None = None) -> None:
-    """out[o, q] = sum_(k0 <= k < k1) sum_c A[k, c, o] * B[c, q + offs[k]] for the positions q0 <= q < q0 + P of
-    each block (q0, k0, k1) of ``blocks`` (int64 (nblocks, 3); P at most ``bcast_shape``'s), A as packed by
-    ``bcast_pack``: the output channels in the SIMD lanes and the positions broadcast, so a block is any P
-    positions (one output row's, say: no junk columns) and any range of taps (skipping what would multiply 0).
-    out (O', Q) is C-contiguous with O' >= the groups' padded width (its rows past O get 0-weight sums); B (K,
-    ldb) C-contiguous holds every position read."""
+               P: int | None = None, relu: bool = False) -> None:
+    """out[o, q] = sum_(k0 <= k < k1) sum_c A[k, c, o] * B[c, q + offs[k]] (+ b[o]; max(., 0) with relu) for the
+    positions q0 <= q < q0 + P of each block (q0, k0, k1) of ``blocks`` (int64 (nblocks, 3); P at most
+    ``bcast_shape``'s), A and b as packed by ``bcast_pack``: the output channels in the SIMD lanes and the positions
+    broadcast, so a block is any P positions (one output row's, say: no junk columns) and any range of taps
+    (skipping what would multiply 0). out (O', Q) is C-contiguous with O' >= the groups' padded width (its rows
+    past O get 0-weight sums); B (K, ldb) C-contiguous holds every position read.
+
+    With blocks of 4 columns (q0, k0, k1, o), block t's sums go to out.flat[o + m * ldo + p] instead, ldo =
+    out.shape[-2] * out.shape[-1] for an out of 4 dimensions (N, O, H, W): straight into an NCHW tensor, o being
+    the flat index of (n, 0, h, w0), so a block must lie within a row (the caller's duty: checked is only that every
+    write is inside out)."""
     nshift, K, _ = groups[0][1].shape
     O = groups[-1][0] + groups[-1][1].shape[2]
     P_max = bcast_shape(groups[0][1].shape[2], B.dtype)[0]
     P = P_max if P is None else P
+    direct = blocks.ndim == 2 and blocks.shape[1] == 4
+    if direct:
+        ldo = out.shape[-2] * out.shape[-1] if out.ndim == 4 else out.shape[1]
+        table = blocks
+        last = int((blocks[:, 3] + (out.shape[1] - 1 if out.ndim == 4 else O - 1) * ldo).max()) + P \
+            if len(blocks) else 0
+        fits = out.ndim == 4 and out.shape[1] == O and last <= out.size
+    else:
+        ldo = out.shape[1] if out.ndim == 2 else 0
+        table = np.empty((len(blocks), 4), np.int64)
+        table[:, :3] = blocks
+        table[:, 3] = blocks[:, 0] if blocks.ndim == 2 and blocks.shape[1] == 3 else 0
+        fits = (out.ndim == 2 and out.shape[0] >= O
+                and (len(blocks) == 0 or int(blocks[:, 0].max()) + P <= out.shape[1]))
     _check(1 <= P <= P_max and B.flags.c_contiguous and out.flags.c_contiguous
-           and B.dtype == out.dtype == groups[0][1].dtype and B.shape[0] == K and out.shape[0] >= O
+           and B.dtype == out.dtype == groups[0][1].dtype and B.shape[0] == K and fits
            and offs.dtype == blocks.dtype == np.int64
-           and offs.shape == (nshift,) and blocks.ndim == 2 and blocks.shape[1] == 3 and blocks.flags.c_contiguous
+           and offs.shape == (nshift,) and blocks.ndim == 2 and blocks.shape[1] in (3, 4)
+           and blocks.flags.c_contiguous
            and (len(blocks) == 0 or (blocks.min() >= 0 and int(blocks[:, 2].max()) <= nshift
                                      and bool((blocks[:, 1] <= blocks[:, 2]).all())
-                                     and int(blocks[:, 0].max()) + P <= out.shape[1]
                                      and int(blocks[:, 0].max()) + P + int(offs.max()) <= B.shape[1]))
            and offs.min() >= 0,
            lambda: f"B {B.shape} {B.dtype}, out {out.shape} {out.dtype}, {O} outputs, blocks of {P} positions "
                    f"from {blocks[:, 0].min() if len(blocks) else '-'} to "
                    f"{blocks[:, 0].max() + P if len(blocks) else '-'}, offsets {offs.min()}..{offs.max()}")
+    table = np.ascontiguousarray(table)
     VW = bcast_shape(1, B.dtype)[2]
-    for o0, packed in groups:
-        bcast_kernel(P, packed.shape[2] // VW, B.dtype)(
-            packed.ctypes.data, B.ctypes.data, out[o0:].ctypes.data, offs.ctypes.data, blocks.ctypes.data,
-            K, B.shape[1], out.shape[1], len(blocks))
+    for o0, packed, bias in groups:
+        bcast_kernel(P, packed.shape[2] // VW, B.dtype, relu)(
+            packed.ctypes.data, B.ctypes.data, out.reshape(-1)[o0 * ldo:].ctypes.data, offs.ctypes.data,
+            table.ctypes.data, bias.ctypes.data, K, B.shape[1], ldo, len(table))
 
 
 def bcast_dot(G: np.ndarray, B: np.ndarray, boffs: np.ndarray, out: np.ndarray, segs: np.ndarray) -> None:

@@ -19,9 +19,11 @@ allocated. Runs hold at most _RUN_COLS positions.
 Junk-free blocks (``bcast_gemm``, the kernel's transpose): where the output channels fill whole SIMD vectors,
 a pass can put them in the lanes and broadcast the input, so a block is any P positions -- the valid columns of
 one row -- and any range of taps. The forward of a 'valid' conv then skips the kw - 1 junk columns of each
-row, and the input gradient the taps that would read g's zero border rows; the weight gradient sums over the
-valid columns only (``bcast_dot``, g copied positions x channels). ``_bcast_p`` decides, per pass, from the
-work saved: SRCNN's 64 -> 32 5x5 layer runs all three passes on them.
+row, and the input gradient the taps that would read g's zero border rows, each block's sums stored straight
+into the NCHW output (+ bias, ReLU: no copy out); the weight gradient sums over the valid columns only
+(``bcast_dot``, g copied positions x channels). ``_bcast_p`` decides, per pass, from the work: SRCNN's 64 -> 32
+5x5 layer runs all three passes on them, VDSR's and EDSR's 64-channel 3x3 layers their forwards and input
+gradients.
 
 Fused epilogues (conv_fused_forward / conv_fused_backward, :mod:`.conv`): the bias add and the ReLU happen as
 the forward copies its valid outputs out of a run (``_extract_rows_epilogue``), the bias gradient is summed from
@@ -45,7 +47,7 @@ _SHIFTED_MIN_TAPS_DW = 25  # ... except in the weight gradient when C * kh * kw 
 _RUN_COLS = 4096
 _SKIP_MIN_COLS = 1024  # runs inside one image when an image's needed rows hold this many positions
 _BCAST = True  # passes whose channels fill whole vectors may run on bcast_gemm (see _bcast_p) ...
-_BCAST_MAX_WORK = 0.9  # ... when that does at most this fraction of the shifted kernel's work
+_BCAST_MAX_WORK = 1.02  # ... when that computes at most this many times the shifted kernel's positions
 _BCAST_K_MIN = 8  # ... and sum over at least this many channels (weight gradient: rows of the input)
 
 
@@ -162,24 +164,26 @@ def _extract_rows(part, r0, r1, Hp, Wp, top, left, out):
 
 
 @njit(nogil=True, cache=True)
-def _row_blocks(r0, r1, Hp, Wp, lo, hi, left, W, P, kh, kw, Ho):
-    """bcast_gemm's blocks (q, k0, k1) for the grid rows r = n*Hp + i in [r0, r1) with lo <= i < hi: P positions
-    from column left + j, j = 0, P, 2P, ... (the last block ending at column left + W: blocks may overlap, never
-    reach past the W columns unless W < P), q counted from the run's first position. With Ho > 0 (an input
-    gradient), a block sums only over the taps (u, v) whose output row i - u lies in [0, Ho): the rows of g's
-    zero border are skipped, not multiplied."""
+def _row_blocks(r0, r1, Hp, Wp, lo, hi, left, W, P, kh, kw, Ho, C):
+    """bcast_gemm's blocks (q, k0, k1, o) for the grid rows r = n*Hp + i in [r0, r1) with lo <= i < hi: P <= W
+    positions from column left + j, j = 0, P, 2P, ... (the last block ending at column left + W: blocks may
+    overlap), q counted from the run's first position, o the index of (n, 0, i - lo, j) in the (N, C, hi - lo, W)
+    tensor the sums go to. With Ho > 0 (an input gradient), a block sums only over the taps (u, v) whose output
+    row i - u lies in [0, Ho): the rows of g's zero border are skipped, not multiplied."""
     nb = -(-W // P)
-    out = np.empty(((r1 - r0) * nb, 3), np.int64)
+    H = hi - lo
+    out = np.empty(((r1 - r0) * nb, 4), np.int64)
     m = 0
     for r in range(r0, r1):
-        i = r % Hp
+        n, i = r // Hp, r % Hp
         if lo <= i < hi:
             k0, k1 = 0, kh * kw
             if Ho > 0:
                 k0, k1 = max(0, i - Ho + 1) * kw, (min(kh - 1, i) + 1) * kw
             for t in range(nb):
-                j = min(t * P, max(0, W - P))
+                j = min(t * P, W - P)
                 out[m, 0], out[m, 1], out[m, 2] = (r - r0) * Wp + left + j, k0, k1
+                out[m, 3] = (n * C * H + i - lo) * W + j
                 m += 1
     return out[:m]
 
@@ -222,17 +226,23 @@ def _row_segments(r0, r1, Hp, Wp, Ho, Wo):
 def _bcast_p(lanes, K, W, Wp, dtype, taps_kept=1.0):
     """The positions per block when a pass runs on ``bcast_gemm`` (its ``lanes`` channels in the SIMD lanes,
     summing over K channels), else 0: when the lanes fill whole vectors, K >= 8, and blocks along the W valid
-    columns of each row, times the fraction ``taps_kept`` of the multiplies not skipped, do at most
-    _BCAST_MAX_WORK = 0.9 x the Wp positions per row of the shifted kernel's grid (its junk columns). P is the
-    block length <= the register budget's that wastes the fewest positions per row (SRCNN's 21 columns: 3
-    blocks of 7, not 2 overlapping blocks of 14). Measured (2 threads, batch 128, 0.88-0.90x): SRCNN's 64 -> 32
-    5x5 forward, 21 of 25 columns, and its input gradient, 84% of the taps; VDSR's and EDSR's 3x3 layers
-    (0.95-0.98 of the grid's work) measured the same both ways and stay on the shifted kernel, and with K = 1
-    (SRCNN's 32 -> 1 input gradient: 1.07x) the per-block stores outweigh the short sums."""
+    columns of each row, times the fraction ``taps_kept`` of the multiplies not skipped, compute at most
+    _BCAST_MAX_WORK (1.02) x the Wp positions per row of the shifted kernel's grid, whose junk columns it
+    computes and drops. P <= the register budget's, from half of it up, by the cost model positions x (1 + 1/P):
+    SRCNN's 21 columns in 3 blocks of 7 (not 2 overlapping blocks of 14: 28 positions), a 512-wide row in
+    blocks of 6 (516 positions) rather than 4 (512, but 1.04x slower than the grid, 6: 0.91x).
+
+    Measured per pass against the shifted kernel (2 threads, medians of 9-21, trainings paused): SRCNN's 64 -> 32
+    5x5 (batch 128) forward 0.84, input gradient 0.81; VDSR's 3x3 (42 of 43 columns) 0.98 / 0.95, EDSR's 0.91 /
+    0.92 and its 64 -> 256 upsampler 0.91 / 0.92 -- the sums stored straight into the output also save the
+    grid's copy out. Whole steps, both paths alternating in one process: SRCNN -10%, VDSR -2..-5%, EDSR within
+    +-2%. With K = 1 (SRCNN's 32 -> 1 input gradient: 1.07x) the per-block stores outweigh the short sums."""
     P_max, _, VW = shifted_kernel.bcast_shape(lanes, dtype)
     if not _BCAST or lanes % VW or K < _BCAST_K_MIN or P_max < 2:  # (K: see _BCAST_K_MIN)
         return 0
-    P = min(range(P_max, max(1, P_max // 2) - 1, -1), key=lambda p: -(-W // p) * p)
+    hi = min(P_max, W)  # (a block lies within a row)
+    # cost ~ positions x (1 + 1/P) (the OV weight loads per step, shared by P positions); ties: fewer positions
+    P = min(range(hi, max(1, hi // 2) - 1, -1), key=lambda p: (-(-W // p) * (p + 1), -(-W // p) * p))
     return P if -(-W // P) * P * taps_kept <= _BCAST_MAX_WORK * Wp else 0
 
 
@@ -330,24 +340,17 @@ def _conv_forward_shifted(x, w2, kh, kw, ph, pw, b=None, relu=False):
     bias = np.zeros(O, x.dtype) if b is None else np.ascontiguousarray(b, dtype=x.dtype)
 
     P = _bcast_p(O, C, G.Wo, G.Wp, x.dtype)
-    if P:  # output channels in the lanes, blocks along each output row: no junk columns
-        groups = shifted_kernel.bcast_pack(np.ascontiguousarray(w2.reshape(O, C, kh * kw).transpose(2, 1, 0)))
-        Opad = groups[-1][0] + groups[-1][1].shape[2]
+    if P:  # output channels in the lanes, blocks along each output row stored straight into out (+ b, ReLU)
+        groups = shifted_kernel.bcast_pack(np.ascontiguousarray(w2.reshape(O, C, kh * kw).transpose(2, 1, 0)), bias)
 
         def work(t, share):
             for r0, r1 in share:
-                blocks = _row_blocks(r0, r1, G.Hp, G.Wp, 0, G.Ho, 0, G.Wo, P, kh, kw, 0)
+                blocks = _row_blocks(r0, r1, G.Hp, G.Wp, 0, G.Ho, 0, G.Wo, P, kh, kw, 0, O)
                 if len(blocks) == 0:
                     continue  # (a run of junk rows only)
-                end = int(blocks[-1, 0]) + P
-                y = _scratch(t, "y", (C, end + G.slack), x.dtype)
+                y = _scratch(t, "y", (C, int(blocks[-1, 0]) + P + G.slack), x.dtype)
                 _window(x, ph, pw, G.Hp, G.Wp, r0 * G.Wp, y)
-                part = _scratch(t, "out", (Opad, end), x.dtype)
-                shifted_kernel.bcast_gemm(groups, y, offsets, part, blocks, P)
-                if epilogue:
-                    _extract_rows_epilogue(part, r0, r1, G.Hp, G.Wp, bias, relu, out4)
-                else:
-                    _extract_rows(part, r0, r1, G.Hp, G.Wp, 0, 0, out4)
+                shifted_kernel.bcast_gemm(groups, y, offsets, out4, blocks, P, relu)
 
         _run(G.row_runs(0, G.Ho), work, blas=False)
         return out
@@ -444,24 +447,20 @@ def _conv_input_grad_shifted(w2, g, x_shape, kh, kw, ph, pw, y=None):
     y4 = None if y is None else _c(y).reshape(G.N, O, G.Ho, G.Wo)
     dx = _empty(x_shape, g.dtype)
     P = _bcast_p(C, O, x_shape[3], G.Wp, g.dtype, _taps_kept(x_shape[2], G.Ho, kh, ph))
-    if P:  # input channels in the lanes, blocks along each image row, the zero rows of g's border skipped
+    if P:  # input channels in the lanes, blocks along each image row into dx, the zero rows of g's border skipped
         groups = shifted_kernel.bcast_pack(np.ascontiguousarray(w2.reshape(O, C, kh * kw).transpose(2, 0, 1)))
-        Cpad = groups[-1][0] + groups[-1][1].shape[2]
 
         def work(t, share):
             for r0, r1 in share:
-                blocks = _row_blocks(r0, r1, G.Hp, G.Wp, ph, G.Hp - ph, pw, x_shape[3], P, kh, kw, G.Ho)
+                blocks = _row_blocks(r0, r1, G.Hp, G.Wp, ph, G.Hp - ph, pw, x_shape[3], P, kh, kw, G.Ho, C)
                 if len(blocks) == 0:
                     continue  # (a run of padding rows only)
-                end = int(blocks[-1, 0]) + P
-                gr = _scratch(t, "g", (O, G.slack + end), g.dtype)
+                gr = _scratch(t, "g", (O, G.slack + int(blocks[-1, 0]) + P), g.dtype)
                 if y4 is None:
                     _window(g4, 0, 0, G.Hp, G.Wp, r0 * G.Wp - G.slack, gr)
                 else:
                     _window_masked(g4, y4, G.Hp, G.Wp, r0 * G.Wp - G.slack, gr)
-                dy = _scratch(t, "dy", (Cpad, end), g.dtype)
-                shifted_kernel.bcast_gemm(groups, gr, offsets, dy, blocks, P)
-                _extract_rows(dy, r0, r1, G.Hp, G.Wp, ph, pw, dx)
+                shifted_kernel.bcast_gemm(groups, gr, offsets, dx, blocks, P)
 
         _run(G.row_runs(ph, G.Hp - ph), work, blas=False)
         return dx
