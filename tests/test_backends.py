@@ -449,6 +449,8 @@ def test_numba_bcast_convs(dt, C, O, H, W, k, p, monkeypatch):
     want = ref.conv_forward(x, w2, *geometry)
     g = rng.standard_normal(want.shape).astype(dt)
     _assert_close(nbe.conv_forward(x, w2, *geometry), want, dt, "forward")
+    biased = ref.conv_fused_forward(x, w2, b, False, *geometry)
+    _assert_close(nbe.conv_fused_forward(x, w2, b, False, *geometry), biased, dt, "forward + bias")
     y = nbe.conv_fused_forward(x, w2, b, True, *geometry)
     _assert_close(y, ref.conv_fused_forward(x, w2, b, True, *geometry), dt, "fused forward")
     assert calls, "the forward did not run on bcast_gemm"
