@@ -109,6 +109,34 @@ class _Function:
     def const(self, v):
         return self.ir.Constant(self.i64, v)
 
+    def segments(self, segs, nseg, body):
+        """for s < nseg: for t < segs[2 s + 1]: body(segs[2 s], t)"""
+        b = self.b
+
+        def segment(s):
+            q0 = b.load(b.gep(segs, [b.mul(s, self.const(2))]))
+            self.loop(b.load(b.gep(segs, [b.add(b.mul(s, self.const(2)), self.const(1))])), lambda t: body(q0, t))
+
+        self.loop(nseg, segment)
+
+    def clear(self):
+        """Every accumulator = 0."""
+        for row in self.acc:
+            for a in row:
+                self.b.store(self.zero(), a)
+
+    def broadcast(self, base, index):
+        """base[index] in every lane of a vector."""
+        ir, b = self.ir, self.b
+        i32 = ir.IntType(32)
+        s = b.insert_element(ir.Constant(self.vec, ir.Undefined), b.load(b.gep(base, [index])), ir.Constant(i32, 0))
+        return b.shuffle_vector(s, ir.Constant(self.vec, ir.Undefined), ir.Constant(ir.VectorType(i32, self.VW),
+                                                                                    [0] * self.VW))
+
+    def lane(self, v, i):
+        """Lane i of vector v."""
+        return self.b.extract_element(v, self.ir.Constant(self.ir.IntType(32), i))
+
     def zero(self):
         return self.ir.Constant(self.vec, [0.0] * self.VW)
 
@@ -178,17 +206,14 @@ def _build(MB: int, NV: int, dtype):
     and tiles of NV vectors, tile t at column starts[t], A packed as ``pack`` does; tap k reads B from
     taps[2 k] (its offset, which may include whole rows: a first channel) over taps[2 k + 1] <= K channels."""
     f = _Function("kern", dtype, 6, MB, NV)
-    ir, b, acc, const, VW = f.ir, f.b, f.acc, f.const, f.VW
+    b, acc, const, VW = f.b, f.acc, f.const, f.VW
     A, B, OUT, OFFS, STARTS, NSHIFT, K, LDB, LDO, NTILES, NMB = f.fn.args
-    splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), VW), [0] * VW)
 
     def tile(t):
         n = b.load(b.gep(STARTS, [t]))
 
         def row_block(mb):
-            for row in acc:
-                for a in row:
-                    b.store(f.zero(), a)
+            f.clear()
             a_block = b.mul(mb, b.mul(b.mul(NSHIFT, K), const(MB)))  # A packed (nmb, nshift, K, MB)
 
             def tap(k):
@@ -200,9 +225,7 @@ def _build(MB: int, NV: int, dtype):
                     xs = [f.vector(B, b.add(col, const(v * VW))) for v in range(NV)]
                     a_at = b.add(a_tap, b.mul(c, const(MB)))
                     for i in range(MB):
-                        s = b.load(b.gep(A, [b.add(a_at, const(i))]))
-                        s = b.insert_element(ir.Constant(f.vec, ir.Undefined), s, ir.Constant(ir.IntType(32), 0))
-                        s = b.shuffle_vector(s, ir.Constant(f.vec, ir.Undefined), splat_mask)
+                        s = f.broadcast(A, b.add(a_at, const(i)))
                         for v in range(NV):
                             b.store(b.call(f.fma, [s, xs[v], b.load(acc[i][v])]), acc[i][v])
 
@@ -244,24 +267,17 @@ def _build_dot(MB: int, NB: int, dtype):
 
         def col_block(nb):
             b_rows = [b.load(b.gep(BOFFS, [b.add(b.mul(nb, const(NB)), const(j))])) for j in range(NB)]
-            for row in acc:
-                for a in row:
-                    b.store(f.zero(), a)
+            f.clear()
 
-            def segment(s):
-                q0 = b.load(b.gep(SEGS, [b.mul(s, const(2))]))
+            def step(q0, t):
+                q = b.add(q0, b.mul(t, const(VW)))
+                xs = [f.vector(A, b.add(r, q)) for r in a_rows]
+                for j in range(NB):
+                    y = f.vector(B, b.add(b_rows[j], q))
+                    for i in range(MB):
+                        b.store(b.call(f.fma, [xs[i], y, b.load(acc[i][j])]), acc[i][j])
 
-                def step(t):
-                    q = b.add(q0, b.mul(t, const(VW)))
-                    xs = [f.vector(A, b.add(r, q)) for r in a_rows]
-                    for j in range(NB):
-                        y = f.vector(B, b.add(b_rows[j], q))
-                        for i in range(MB):
-                            b.store(b.call(f.fma, [xs[i], y, b.load(acc[i][j])]), acc[i][j])
-
-                f.loop(b.load(b.gep(SEGS, [b.add(b.mul(s, const(2)), const(1))])), step)
-
-            f.loop(NSEG, segment)
+            f.segments(SEGS, NSEG, step)
             for i in range(MB):
                 row = b.mul(b.add(b.mul(mb, const(MB)), const(i)), LDO)
                 for j in range(NB):
@@ -282,16 +298,13 @@ def _build_bcast(P: int, OV: int, dtype, relu: bool = False):
     against K * (k1 - k0) * P * OV vector multiply-adds (~1-3% of a block's instructions) -- so they can go
     straight into an NCHW tensor (o = the first output's index) or into shifted_gemm's (channels x positions)."""
     f = _Function("bcast", dtype, 4, P, OV, n_reals=1)  # acc[p][v]: position p, output channels v*VW .. v*VW + VW - 1
-    ir, b, acc, const, VW = f.ir, f.b, f.acc, f.const, f.VW
+    b, acc, const, VW = f.b, f.acc, f.const, f.VW
     A, B, OUT, OFFS, BLOCKS, BIAS, K, LDB, LDO, NBLOCKS = f.fn.args
-    splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), VW), [0] * VW)
     OW = const(OV * VW)
 
     def block(t):
         q0, k0, k1, o0 = (b.load(b.gep(BLOCKS, [b.add(b.mul(t, const(4)), const(j))])) for j in range(4))
-        for row in acc:
-            for a in row:
-                b.store(f.zero(), a)
+        f.clear()
 
         def tap(j):
             k = b.add(k0, j)
@@ -303,9 +316,7 @@ def _build_bcast(P: int, OV: int, dtype, relu: bool = False):
                 ws = [f.vector(A, b.add(a_at, const(v * VW))) for v in range(OV)]
                 at = b.add(b.mul(c, LDB), qk)
                 for p in range(P):
-                    s = b.load(b.gep(B, [b.add(at, const(p))]))
-                    s = b.insert_element(ir.Constant(f.vec, ir.Undefined), s, ir.Constant(ir.IntType(32), 0))
-                    s = b.shuffle_vector(s, ir.Constant(f.vec, ir.Undefined), splat_mask)
+                    s = f.broadcast(B, b.add(at, const(p)))
                     for v in range(OV):
                         b.store(b.call(f.fma, [s, ws[v], b.load(acc[p][v])]), acc[p][v])
 
@@ -319,7 +330,7 @@ def _build_bcast(P: int, OV: int, dtype, relu: bool = False):
             for lane in range(VW):
                 row = b.add(b.mul(const(v * VW + lane), LDO), o0)
                 for p in range(P):
-                    b.store(b.extract_element(vs[p], ir.Constant(ir.IntType(32), lane)),
+                    b.store(f.lane(vs[p], lane),
                             b.gep(OUT, [b.add(row, const(p))]))
 
     f.loop(NBLOCKS, block)
@@ -331,39 +342,29 @@ def _build_bcast_dot(P: int, OV: int, dtype):
     B + boffs[n]) and OV vectors of G's columns: out[o, n] += sum_q G[q, o] * B[boffs[n] + q] over the segments
     q0 <= q < q0 + count, (q0, count) = segs[2 s .. 2 s + 1]."""
     f = _Function("bdot", dtype, 4, P, OV)  # acc[p][v]: row p of the block, G's columns v*VW .. v*VW + VW - 1
-    ir, b, acc, const, VW = f.ir, f.b, f.acc, f.const, f.VW
+    b, acc, const, VW = f.b, f.acc, f.const, f.VW
     G, B, OUT, BOFFS, SEGS, LDG, LDO, NSEG, NPB = f.fn.args
-    splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), VW), [0] * VW)
 
     def pair_block(pb):
         rows = [b.load(b.gep(BOFFS, [b.add(b.mul(pb, const(P)), const(p))])) for p in range(P)]
-        for row in acc:
-            for a in row:
-                b.store(f.zero(), a)
+        f.clear()
 
-        def segment(s):
-            q0 = b.load(b.gep(SEGS, [b.mul(s, const(2))]))
+        def step(q0, t):
+            q = b.add(q0, t)
+            gs = [f.vector(G, b.add(b.mul(q, LDG), const(v * VW))) for v in range(OV)]
+            for p in range(P):
+                x = f.broadcast(B, b.add(rows[p], q))
+                for v in range(OV):
+                    b.store(b.call(f.fma, [x, gs[v], b.load(acc[p][v])]), acc[p][v])
 
-            def step(t):
-                q = b.add(q0, t)
-                gs = [f.vector(G, b.add(b.mul(q, LDG), const(v * VW))) for v in range(OV)]
-                for p in range(P):
-                    x = b.load(b.gep(B, [b.add(rows[p], q)]))
-                    x = b.insert_element(ir.Constant(f.vec, ir.Undefined), x, ir.Constant(ir.IntType(32), 0))
-                    x = b.shuffle_vector(x, ir.Constant(f.vec, ir.Undefined), splat_mask)
-                    for v in range(OV):
-                        b.store(b.call(f.fma, [x, gs[v], b.load(acc[p][v])]), acc[p][v])
-
-            f.loop(b.load(b.gep(SEGS, [b.add(b.mul(s, const(2)), const(1))])), step)
-
-        f.loop(NSEG, segment)
+        f.segments(SEGS, NSEG, step)
         for v in range(OV):  # out[o, n] += each lane (column o of G) of the P sums, as scalars
             vs = [b.load(acc[p][v]) for p in range(P)]
             for lane in range(VW):
                 row = b.add(b.mul(const(v * VW + lane), LDO), b.mul(pb, const(P)))
                 for p in range(P):
                     at = b.gep(OUT, [b.add(row, const(p))])
-                    b.store(b.fadd(b.load(at), b.extract_element(vs[p], ir.Constant(ir.IntType(32), lane))), at)
+                    b.store(b.fadd(b.load(at), f.lane(vs[p], lane)), at)
 
     f.loop(NPB, pair_block)
     return f.compile()
