@@ -437,6 +437,7 @@ def test_numba_bcast_convs(dt, C, O, H, W, k, p, monkeypatch):
 
     nbe = get_backend("numba")
     monkeypatch.setattr(conv_shifted, "_BCAST_MAX_WORK", 100.0)  # (every geometry, whatever the work)
+    monkeypatch.setattr(conv_shifted, "_BCAST_DOT_MAX_WORK", 100.0)
     monkeypatch.setattr(conv_shifted, "_RUN_COLS", 64)  # (runs of a few rows: blocks at runs' edges)
     calls, dots = [], []
     real, real_dot = sk.bcast_gemm, sk.bcast_dot
@@ -484,6 +485,8 @@ def test_bcast_choice_follows_the_work():
     assert _bcast_p(64, 64, 41, 43, f) == 6 and _bcast_p(64, 64, 48, 50, f) == 6 and _bcast_p(64, 64, 512, 514, f) == 6
     assert _bcast_p(56, 64, 21, 25, f) == 0 and _bcast_p(32, 1, 21, 21, f, _taps_kept(21, 17, 5, 0)) == 0
     assert _bcast_p(64, 64, 40, 37, f) == 0  # (rule check: 42 positions in blocks of 6 against 37)
+    # the weight gradient's stricter rule: SRCNN's 21 of 25 columns, not a 3x3 'same' layer's 41 of 43
+    assert _bcast_p(32, 64, 21, 25, f, max_work=0.85) == 7 and _bcast_p(64, 64, 41, 43, f, max_work=0.85) == 0
 
 
 @pytest.mark.skipif("numba" not in OTHERS, reason="numba backend not importable")
