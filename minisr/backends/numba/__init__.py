@@ -8,10 +8,12 @@ One idea per file:
   releases it) and each worker thread's scratch arrays;
 * :mod:`.threads` -- the conv worker threads (one per Numba thread, each bound to a CPU) and BLAS thread control;
 * :mod:`.conv` -- ``conv_forward``, ``conv_weight_grad``, ``conv_input_grad``, choosing per layer one of four paths:
-  :mod:`.conv_shifted` (stride 1, >= 8 channels: "shifted GEMMs" on the padded input through the one hand-written
-  kernel, :mod:`minisr.backends.shifted_kernel`), :mod:`.conv_polyphase` (3x3 stride 2, 8-128 channels: the same
-  kernel over the input's four polyphase images), :mod:`.conv_im2col` (everything else: per-band im2col + NumPy's
-  BLAS; also the ``im2col`` / ``col2im`` kernels) and :mod:`.winograd` (F(2x2, 3x3), when ``MINISR_CONV`` asks);
+  :mod:`.conv_shifted` (stride 1, >= 8 channels: "shifted GEMMs" on the padded input through the hand-written
+  kernels of :mod:`minisr.backends.shifted_kernel`: positions in the SIMD lanes, or, where the channels fill whole
+  vectors, the channels -- no junk columns, sums stored straight into the output), :mod:`.conv_polyphase` (3x3
+  stride 2, 8-128 channels: the shifted kernel over the input's four polyphase images), :mod:`.conv_im2col`
+  (everything else: per-band im2col + NumPy's BLAS; also the ``im2col`` / ``col2im`` kernels) and
+  :mod:`.winograd` (F(2x2, 3x3), when ``MINISR_CONV`` asks);
 * :mod:`.bias`, :mod:`.activations`, :mod:`.batch_norm`, :mod:`.pixel_shuffle`, :mod:`.losses`, :mod:`.optim`,
   :mod:`.pooling` -- the other kernels;
 * :mod:`.fork` -- what a fork()ed child does (fresh locks; the reference kernels where GNU OpenMP cannot run).
