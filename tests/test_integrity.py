@@ -369,7 +369,16 @@ def _nb():
     return numba
 
 
-def test_interrupted_wait_for_the_conv_workers_waits_for_the_running_shares():
+@pytest.fixture
+def ctrl_c():
+    """SIGINT raises KeyboardInterrupt here, as in a terminal -- also when pytest was started with SIGINT ignored (a
+    background job of a non-interactive shell, nohup), which Python would otherwise keep."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_interrupted_wait_for_the_conv_workers_waits_for_the_running_shares(ctrl_c):
     """Ctrl-C while the caller waits for the workers: run() must not return (and free the scratch buffers of
     worker 0 for the calling thread) while a share is still running."""
     from minisr.backends.numba import threads
@@ -403,7 +412,7 @@ def test_interrupted_wait_for_the_conv_workers_waits_for_the_running_shares():
         assert state["finished"] == state["started"] == 2, "run() returned while a share was still running"
 
 
-def test_conv_after_an_interrupted_conv_is_right(monkeypatch):
+def test_conv_after_an_interrupted_conv_is_right(monkeypatch, ctrl_c):
     """The end-to-end case: Ctrl-C while a conv's workers run, then a conv small enough to run on the calling
     thread (one band), which uses worker 0's scratch columns. Worker 0 is slowed after the interrupt and the
     small conv waits between making its columns and multiplying them, so an orphaned share always overlaps it."""
