@@ -570,20 +570,17 @@ def bcast_gemm(groups: list, B: np.ndarray, offs: np.ndarray, out: np.ndarray, b
     O = groups[-1][0] + groups[-1][1].shape[2]
     P_max = bcast_shape(groups[0][1].shape[2], B.dtype)[0]
     P = P_max if P is None else P
-    direct = blocks.ndim == 2 and blocks.shape[1] == 4
-    if direct:
-        ldo = out.shape[-2] * out.shape[-1] if out.ndim == 4 else out.shape[1]
-        table = blocks
-        last = int((blocks[:, 3] + (out.shape[1] - 1 if out.ndim == 4 else O - 1) * ldo).max()) + P \
-            if len(blocks) else 0
-        fits = out.ndim == 4 and out.shape[1] == O and last <= out.size
-    else:
+    table = blocks
+    if blocks.ndim == 2 and blocks.shape[1] == 4:  # straight into an (N, O, H, W) out
+        ldo = out.shape[2] * out.shape[3] if out.ndim == 4 else 0
+        fits = (out.ndim == 4 and out.shape[1] == O
+                and (len(blocks) == 0 or int(blocks[:, 3].max()) + (O - 1) * ldo + P <= out.size))
+    else:  # into out (O', Q) at the blocks' own positions
         ldo = out.shape[1] if out.ndim == 2 else 0
-        table = np.empty((len(blocks), 4), np.int64)
-        table[:, :3] = blocks
-        table[:, 3] = blocks[:, 0] if blocks.ndim == 2 and blocks.shape[1] == 3 else 0
         fits = (out.ndim == 2 and out.shape[0] >= O
                 and (len(blocks) == 0 or int(blocks[:, 0].max()) + P <= out.shape[1]))
+        if blocks.ndim == 2 and blocks.shape[1] == 3:
+            table = np.concatenate([blocks, blocks[:, :1]], axis=1)
     _check(1 <= P <= P_max and B.flags.c_contiguous and out.flags.c_contiguous
            and B.dtype == out.dtype == groups[0][1].dtype and B.shape[0] == K and fits
            and offs.dtype == blocks.dtype == np.int64

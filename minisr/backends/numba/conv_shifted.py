@@ -236,8 +236,9 @@ def _bcast_p(lanes, K, W, Wp, dtype, taps_kept=1.0, max_work=None):
     Measured per pass against the shifted kernel (2 threads, medians of 9-21, trainings paused): SRCNN's 64 -> 32
     5x5 (batch 128) forward 0.84, input gradient 0.81; VDSR's 3x3 (42 of 43 columns) 0.98 / 0.95, EDSR's 0.91 /
     0.92 and its 64 -> 256 upsampler 0.91 / 0.92 -- the sums stored straight into the output also save the
-    grid's copy out. Whole steps, both paths alternating in one process: SRCNN -10%, VDSR -2..-5%, EDSR within
-    +-2%. With K = 1 (SRCNN's 32 -> 1 input gradient: 1.07x) the per-block stores outweigh the short sums."""
+    grid's copy out. Whole steps, both paths alternating in one process (forward and input gradient; weight
+    gradients by the stricter rule of _conv_weight_grad_shifted): SRCNN -10%, VDSR -5%, EDSR -7%. With K = 1
+    (SRCNN's 32 -> 1 input gradient: 1.07x) the per-block stores outweigh the short sums."""
     P_max, _, VW = shifted_kernel.bcast_shape(lanes, dtype)
     if not _BCAST or lanes % VW or K < _BCAST_K_MIN or P_max < 2:  # (K: see _BCAST_K_MIN)
         return 0
@@ -332,8 +333,6 @@ def _conv_forward_shifted(x, w2, kh, kw, ph, pw, b=None, relu=False):
     """conv_forward; with b (O,) and/or relu, + b[o] and max(., 0) as the outputs are copied out (fused)."""
     G = _Grid(x.shape, kh, kw, ph, pw)
     O, C = w2.shape[0], G.C
-    MB, TILE = shifted_kernel.block_shape(x.dtype)
-    taps = shifted_kernel.pack(w2.reshape(O, C, kh * kw).transpose(2, 0, 1), MB)  # w[:, :, u, v] per shift
     offsets = np.array(G.offsets, np.int64)
     out = _empty((G.N, O, G.Ho * G.Wo), x.dtype)
     out4 = out.reshape(G.N, O, G.Ho, G.Wo)
@@ -355,6 +354,9 @@ def _conv_forward_shifted(x, w2, kh, kw, ph, pw, b=None, relu=False):
 
         _run(G.row_runs(0, G.Ho), work, blas=False)
         return out
+
+    MB, TILE = shifted_kernel.block_shape(x.dtype)
+    taps = shifted_kernel.pack(w2.reshape(O, C, kh * kw).transpose(2, 0, 1), MB)  # w[:, :, u, v] per shift
 
     def work(t, share):
         for r0, r1 in share:  # the run's padded input, its output rows, then the valid outputs into out
@@ -445,8 +447,6 @@ def _conv_input_grad_shifted(w2, g, x_shape, kh, kw, ph, pw, y=None):
     # so each run of grid rows reads g from `slack` positions before its start (0 before the first image).
     G = _Grid(x_shape, kh, kw, ph, pw)
     O, C = w2.shape[0], G.C
-    MB, TILE = shifted_kernel.block_shape(g.dtype)
-    taps = shifted_kernel.pack(w2.reshape(O, C, kh * kw).transpose(2, 1, 0), MB)  # w[:, :, u, v]^T per shift
     offsets = np.array([G.slack - off for off in G.offsets], np.int64)
     g4 = _c(g).reshape(G.N, O, G.Ho, G.Wo)
     y4 = None if y is None else _c(y).reshape(G.N, O, G.Ho, G.Wo)
@@ -469,6 +469,9 @@ def _conv_input_grad_shifted(w2, g, x_shape, kh, kw, ph, pw, y=None):
 
         _run(G.row_runs(ph, G.Hp - ph), work, blas=False)
         return dx
+
+    MB, TILE = shifted_kernel.block_shape(g.dtype)
+    taps = shifted_kernel.pack(w2.reshape(O, C, kh * kw).transpose(2, 1, 0), MB)  # w[:, :, u, v]^T per shift
 
     def work(t, share):
         for r0, r1 in share:
