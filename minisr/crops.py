@@ -31,7 +31,8 @@ from .data import DatasetNotFoundError, load_benchmark
 from .metrics import psnr, ssim
 
 DEFAULT_CROPS = "Set5:butterfly,Set14:baboon,Set14:comic"
-ARCHITECTURES = ("srcnn", "fsrcnn", "espcn", "vdsr", "edsr", "srresnet", "srgan")  # the default columns' order
+# the default columns' order (EDSR under either name: issue 13 ships "edsr-baseline-x2/x4")
+ARCHITECTURES = ("srcnn", "fsrcnn", "espcn", "vdsr", "edsr", "edsr-baseline", "srresnet", "srgan")
 
 
 def default_models(scale: int) -> list[str]:

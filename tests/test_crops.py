@@ -47,6 +47,14 @@ def test_parse():
             crops.parse_crops(bad)
 
 
+def test_default_columns_take_edsr_under_either_name(monkeypatch):
+    """The default columns: bicubic, then the shipped models of the scale in architecture order, EDSR shipped as
+    "edsr-x4" or as "edsr-baseline-x4" (issue 13's name)."""
+    fake = {n: f"{n}.npz" for n in ("srgan-x4", "edsr-baseline-x4", "srcnn-x4", "srresnet-x4", "srcnn-x3")}
+    monkeypatch.setattr(models, "shipped", lambda: fake)
+    assert crops.default_models(4) == ["bicubic", "srcnn-x4", "edsr-baseline-x4", "srresnet-x4", "srgan-x4"]
+
+
 def test_detailed_window_finds_the_texture():
     img = np.full((60, 80), 128, np.uint8)
     img[30:50, 44:64] = np.random.default_rng(0).integers(0, 256, (20, 20))
