@@ -330,8 +330,7 @@ def _build_bcast(P: int, OV: int, dtype, relu: bool = False):
             for lane in range(VW):
                 row = b.add(b.mul(const(v * VW + lane), LDO), o0)
                 for p in range(P):
-                    b.store(f.lane(vs[p], lane),
-                            b.gep(OUT, [b.add(row, const(p))]))
+                    b.store(f.lane(vs[p], lane), b.gep(OUT, [b.add(row, const(p))]))
 
     f.loop(NBLOCKS, block)
     return f.compile()
@@ -593,7 +592,6 @@ def bcast_gemm(groups: list, B: np.ndarray, offs: np.ndarray, out: np.ndarray, b
            lambda: f"B {B.shape} {B.dtype}, out {out.shape} {out.dtype}, {O} outputs, blocks of {P} positions "
                    f"from {blocks[:, 0].min() if len(blocks) else '-'} to "
                    f"{blocks[:, 0].max() + P if len(blocks) else '-'}, offsets {offs.min()}..{offs.max()}")
-    table = np.ascontiguousarray(table)
     VW = bcast_shape(1, B.dtype)[2]
     for o0, packed, bias in groups:
         bcast_kernel(P, packed.shape[2] // VW, B.dtype, relu)(
