@@ -1,4 +1,4 @@
-"""Winograd F(2x2, 3x3) against minisr's direct convolution, in ONE process, alternating A/B call by call
+"""Winograd F(4x4, 3x3) against minisr's direct convolution, in ONE process, alternating A/B call by call
 (``MINISR_CONV=direct`` / ``winograd`` switched between calls), medians: the conv layers of the benchmark and
 the VDSR-20 / EDSR-baseline training steps; and the float32 error of each against float64.
 

@@ -394,6 +394,7 @@ def test_numba_shifted_convs_row_blocks_and_runs(dt, run_cols, k, p, skip_min, m
     from minisr.backends.numba import conv_shifted, threads
 
     nbe = get_backend("numba")
+    monkeypatch.setenv("MINISR_CONV", "direct")  # (the shifted kernels, not Winograd)
     monkeypatch.setattr(conv_shifted, "_RUN_COLS", run_cols)
     monkeypatch.setattr(conv_shifted, "_SKIP_MIN_COLS", skip_min)  # skipping the unneeded rows, or not
     if run_cols == 40:  # our kernels call no BLAS: they use every thread even when BLAS's count can't be set
@@ -436,6 +437,7 @@ def test_numba_bcast_convs(dt, C, O, H, W, k, p, monkeypatch):
     from minisr.backends.numba import conv_shifted
 
     nbe = get_backend("numba")
+    monkeypatch.setenv("MINISR_CONV", "direct")  # (3x3 layers of >= 16 channels would run as Winograd)
     monkeypatch.setattr(conv_shifted, "_BCAST_MAX_WORK", 100.0)  # (every geometry, whatever the work)
     monkeypatch.setattr(conv_shifted, "_BCAST_DOT_MAX_WORK", 100.0)
     monkeypatch.setattr(conv_shifted, "_RUN_COLS", 64)  # (runs of a few rows: blocks at runs' edges)

@@ -42,11 +42,18 @@ def test_tile_grows_with_the_budget_and_a_tiny_budget_is_refused():
         Upscaler(m, dict(model="edsr", scale=2), 2, device="cuda", max_memory=64 * MiB)
 
 
-def test_budget_gives_the_same_image(edsr_ckpt, rng):
+def test_budget_gives_the_same_image(edsr_ckpt, rng, monkeypatch):
+    """Bit for bit with the direct convolutions, whose sums do not depend on where a tile starts; with Winograd
+    (the default for EDSR's 3x3 layers) a pixel's float32 rounding depends on its place in a 4x4 block, so a few
+    pixels may round to the next 8-bit level."""
     lr = rng.integers(0, 256, size=(70, 90, 3), dtype=np.uint8)
     small = make_upscaler(str(edsr_ckpt), 2, max_memory=8 * MiB)
     assert small.tile < 70  # several tiles
-    np.testing.assert_array_equal(small(lr), make_upscaler(str(edsr_ckpt), 2, tile=512)(lr))
+    whole = make_upscaler(str(edsr_ckpt), 2, tile=512)
+    a, b = small(lr).astype(int), whole(lr).astype(int)
+    assert np.abs(a - b).max() <= 1 and np.mean(a != b) < 1e-3
+    monkeypatch.setenv("MINISR_CONV", "direct")
+    np.testing.assert_array_equal(small(lr), whole(lr))
 
 
 CHILD = r"""

@@ -126,7 +126,9 @@ def test_tiled_equals_untiled(rng, name, scale):
     with no_grad():
         direct = m(Tensor(x)).numpy()
     for tile in (5, 16):  # many tiles, the last ones partial
-        np.testing.assert_allclose(forward_tiled(m, x, tile=tile), direct, rtol=0, atol=1e-5)
+        # (ESPCN's 3x3 layers run as Winograd F(4x4, 3x3), whose float32 rounding depends on a pixel's place in
+        # its 4x4 block, hence more than a direct sum's 1e-6; a missing pixel of context costs > 1e-3, below)
+        np.testing.assert_allclose(forward_tiled(m, x, tile=tile), direct, rtol=0, atol=1e-4)
 
 
 def test_the_deconvolution_needs_its_context(rng, monkeypatch):

@@ -1,12 +1,13 @@
-"""The three conv kernels of the Numba backend, each choosing its path per layer: Winograd F(2x2, 3x3)
-(:mod:`.winograd`, when ``MINISR_CONV`` asks for it), shifted GEMMs on our own kernel (:mod:`.conv_shifted`:
+"""The three conv kernels of the Numba backend, each choosing its path per layer: Winograd (:mod:`.winograd`:
+F(4x4, 3x3) forwards and input gradients of 3x3 stride-1 layers with >= 16 channels; every 3x3 stride-1 kernel
+with ``MINISR_CONV=winograd``; none with ``direct``), shifted GEMMs on our own kernel (:mod:`.conv_shifted`:
 stride 1 with >= 8 channels, and a first layer's weight gradient; :mod:`.conv_polyphase`: 3x3 stride 2 with >= 8
 channels), or columns + BLAS (:mod:`.conv_im2col`: everything else).
 
 conv_fused_forward and conv_fused_backward (conv2d's and conv2d_relu's kernels) fuse the bias add, the ReLU and
-their gradients into the shifted GEMMs' own passes over the data (see :mod:`.conv_shifted`) and into the
-im2col path's forward bands; elsewhere, or with ``MINISR_FUSE=0`` (read at every call, to compare), they run
-the plain kernels one after the other, as the NumPy reference does."""
+their gradients into the shifted GEMMs' own passes over the data (see :mod:`.conv_shifted`), into Winograd's
+output transform and input copy, and into the im2col path's forward bands; elsewhere, or with ``MINISR_FUSE=0``
+(read at every call, to compare), they run the plain kernels one after the other, as the NumPy reference does."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def conv_forward(x, w2, kh, kw, sh, sw, ph, pw):
     _floats("conv_forward", x, w2)
     x, w2 = _c(x), _c(w2)
     C = x.shape[1]
-    if _winograd.use(C, w2.shape[0], kh, kw, sh, sw, ph, pw, x.dtype):  # 3x3 stride 1: F(2x2, 3x3)
+    if _winograd.use(C, w2.shape[0], kh, kw, sh, sw, ph, pw, x.dtype):  # 3x3 stride 1: F(4x4, 3x3)
         return _winograd.conv_forward(x, w2, ph, pw)
     if _shifted(x, C, sh, sw):
         return _conv_forward_shifted(x, w2, kh, kw, ph, pw)
@@ -39,7 +40,7 @@ def conv_weight_grad(g, x, kh, kw, sh, sw, ph, pw):
     g, x = _c(g), _c(x)
     C = x.shape[1]
     if _winograd.use(C, g.shape[1], kh, kw, sh, sw, ph, pw, x.dtype, "weight_grad"):
-        return _winograd.conv_weight_grad(g, x, ph, pw)
+        return _winograd.conv_weight_grad(g, x, ph, pw)[0]
     if _shifted(x, C, sh, sw, kh, kw, weight_grad=True):
         return _conv_weight_grad_shifted(g, x, kh, kw, ph, pw)[0]
     if _polyphase(x, C, kh, kw, sh, sw):
@@ -72,7 +73,9 @@ def conv_fused_forward(x, w2, b, relu, kh, kw, sh, sw, ph, pw):
     _floats("conv_fused_forward", x, w2)
     x, w2 = _c(x), _c(w2)
     C = x.shape[1]
-    if fused() and (b is not None or relu) and not _winograd.use(C, w2.shape[0], kh, kw, sh, sw, ph, pw, x.dtype):
+    if fused() and (b is not None or relu):
+        if _winograd.use(C, w2.shape[0], kh, kw, sh, sw, ph, pw, x.dtype):
+            return _winograd.conv_forward(x, w2, ph, pw, b, relu)
         if _shifted(x, C, sh, sw):
             return _conv_forward_shifted(x, w2, kh, kw, ph, pw, b, relu)
         if _polyphase(x, C, kh, kw, sh, sw):
@@ -92,20 +95,25 @@ def conv_fused_backward(g, y, x, w2, kh, kw, sh, sw, ph, pw, need_dx, need_dw, n
     C, O = x.shape[1], w2.shape[0]
     geometry = (kh, kw, sh, sw, ph, pw)
     fuse = fused()
-    fuse_w = (need_dw and fuse and _shifted(x, C, sh, sw, kh, kw, weight_grad=True)
-              and not _winograd.use(C, O, *geometry, x.dtype, "weight_grad"))
-    fuse_x = need_dx and fuse and _shifted(x, C, sh, sw) and not _winograd.use(C, O, *geometry, x.dtype, "input_grad")
+    wino_w = need_dw and _winograd.use(C, O, *geometry, x.dtype, "weight_grad")
+    fuse_w = need_dw and fuse and (wino_w or _shifted(x, C, sh, sw, kh, kw, weight_grad=True))
+    wino_x = need_dx and _winograd.use(C, O, *geometry, x.dtype, "input_grad")
+    fuse_x = need_dx and fuse and (wino_x or _shifted(x, C, sh, sw))
     gm = None  # ReLU's backward as a pass of its own, for what is not fused
     if (need_dw and not fuse_w) or (need_dx and not fuse_x) or (need_db and not fuse_w):
         gm = g if y is None else relu_backward(g, y)
     dx = dw = db = None
-    if fuse_w:
+    if fuse_w and wino_w:
+        dw, db = _winograd.conv_weight_grad(g, x, ph, pw, y, need_db)
+    elif fuse_w:
         dw, db = _conv_weight_grad_shifted(g, x, kh, kw, ph, pw, y, need_db)
     elif need_dw:
         dw = conv_weight_grad(gm, x, *geometry)
     if need_db and db is None:
         db = bias_grad(gm)
-    if fuse_x:
+    if fuse_x and wino_x:
+        dx = _winograd.conv_input_grad(w2, g, x.shape, ph, pw, y)
+    elif fuse_x:
         dx = _conv_input_grad_shifted(w2, g, x.shape, kh, kw, ph, pw, y)
     elif need_dx:
         dx = conv_input_grad(w2, gm, x.shape, *geometry)
