@@ -4,10 +4,9 @@ of :mod:`minisr.backends.winograd_kernel`). The math, as the paper's matrices, i
 docs/backprop.md has why it is exact and where float32 loses bits.
 
 When (``use``): ``MINISR_CONV=direct`` never, ``winograd`` for every conv it can do (3 x 3, stride 1, padding
-<= 2, float32/64: forward, input gradient and weight gradient), ``auto`` (the default) for the kernels marked in
-``AUTO`` on layers with at least AUTO_MIN_CHANNELS input and output channels: the forward and the input gradient
-(VDSR / EDSR training steps 0.88x / 0.79x their time on the direct kernels), not the weight gradient (as fast as
-the direct kernel alone, slower inside a step: bench/RESULTS.md, "Winograd F(4x4, 3x3), channels in the lanes").
+<= 2, float32/64), ``auto`` (the default) for the kernels marked in ``AUTO`` (all three: forward, input and
+weight gradient) on layers with at least AUTO_MIN_CHANNELS input and output channels, where they beat the direct
+kernels (bench/RESULTS.md, "Winograd F(4x4, 3x3), channels in the lanes").
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from .. import shifted_kernel
 from . import winograd_f4
 
 AUTO_MIN_CHANNELS = 16
-AUTO = {"forward": True, "input_grad": True, "weight_grad": False}  # which kernels auto runs as Winograd
+AUTO = {"forward": True, "input_grad": True, "weight_grad": True}  # which kernels auto runs as Winograd
 _MODES = ("auto", "direct", "winograd")
 
 

@@ -167,14 +167,22 @@ def input_grad(w, g, x_shape, ph, pw, y=None):
     return dx
 
 
-def _dw_from_du(du, O, C):
-    """dw[o, c] = G^T dU[:, o, c] G for dU (36, Op, Cp) (its positions as 6 x 6): one (9 x 36) @ (36 x Op Cp)
-    product in float64, the coefficients G[x, a] G[y, b]."""
-    Gm = _ref.matrices(4, np.float64)[1]
-    k = np.einsum("xa,yb->abxy", Gm, Gm).reshape(9, 36)
-    Op, Cp = du.shape[1:]
-    dw = (k @ du.reshape(36, -1).astype(np.float64)).reshape(3, 3, Op, Cp)[:, :, :O, :C]
-    return np.ascontiguousarray(dw.transpose(2, 3, 0, 1), dtype=du.dtype)
+@njit(nogil=True, cache=True)
+def _dw_from_du(du, k, dw):
+    """dw[o, c, a, b] = (G^T dU[:, o, c] G)[a, b] = sum_(x, y) k[3 a + b, 6 x + y] dU[6 x + y, o, c], with
+    k[3 a + b, 6 x + y] = G[x, a] G[y, b], summed in float64 (a loop over (o, c) that LLVM vectorises; NumPy's
+    matmul here called OpenBLAS, whose spinning threads then slowed the next kernels of a training step)."""
+    O, C = dw.shape[0], dw.shape[1]
+    acc = np.empty(C)
+    for o in range(O):
+        for ab in range(9):
+            acc[:] = 0.0
+            for xy in range(36):
+                kk = k[ab, xy]
+                for c in range(C):
+                    acc[c] += kk * du[xy, o, c]
+            for c in range(C):
+                dw[o, c, ab // 3, ab % 3] = acc[c]
 
 
 def _dw_groups(Cp, VW, regs, dtype):
@@ -230,4 +238,7 @@ def weight_grad(g, x, ph, pw, y=None, need_db=False):
                      Tp * Cp, Tp * Op, Op * Cp, Cp, 1, Op, Cp)
 
     _run(_chunks(N * nth * ntw, 1, Tp), work, blas=False)
-    return _dw_from_du(_sum_parts(parts), O, C), (_sum_parts(dbs)[:O] if need_db else None)
+    Gm = _ref.matrices(4, np.float64)[1]
+    dw = np.empty((O, C, 3, 3), dt)
+    _dw_from_du(_sum_parts(parts), np.einsum("xa,yb->abxy", Gm, Gm).reshape(9, 36), dw)
+    return dw, (_sum_parts(dbs)[:O] if need_db else None)
