@@ -106,6 +106,9 @@ def test_numba_winograd_matches_direct_conv(shape, dt):
     got, db = winograd.conv_weight_grad(g3, x, p, p, y.reshape(g3.shape), need_db=True)  # fused mask and db
     assert _rel(got.reshape(w.shape), dw_masked) < TOL4[dt]
     assert db.dtype == dt and _rel(db, (g * (y > 0)).astype(np.float64).sum((0, 2, 3))) < TOL[dt]
+    dx2, dw2, db2 = winograd.conv_backward(g3, x, w2, p, p, y.reshape(g3.shape), need_db=True)  # one padded g
+    assert _rel(dx2, dx_masked) < TOL4[dt] and _rel(dw2.reshape(w.shape), dw_masked) < TOL4[dt]
+    assert np.array_equal(db2, db)
 
 
 @pytest.mark.parametrize("dt", [np.float32, np.float64])

@@ -103,6 +103,8 @@ def conv_fused_backward(g, y, x, w2, kh, kw, sh, sw, ph, pw, need_dx, need_dw, n
     if (need_dw and not fuse_w) or (need_dx and not fuse_x) or (need_db and not fuse_w):
         gm = g if y is None else relu_backward(g, y)
     dx = dw = db = None
+    if fuse_w and wino_w and fuse_x and wino_x:  # (one padded copy of g for both)
+        return _winograd.conv_backward(g, x, w2, ph, pw, y, need_db)
     if fuse_w and wino_w:
         dw, db = _winograd.conv_weight_grad(g, x, ph, pw, y, need_db)
     elif fuse_w:

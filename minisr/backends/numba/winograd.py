@@ -78,3 +78,17 @@ def conv_weight_grad(g, x, ph, pw, y=None, need_db=False):
     y4 = None if y is None else np.ascontiguousarray(y).reshape(shape)
     dw, db = winograd_f4.weight_grad(g4, x, ph, pw, y4, need_db)
     return dw.reshape(O, C * 9), db
+
+
+def conv_backward(g, x, w2, ph, pw, y=None, need_db=False):
+    """(dx, dw (O, 9 C), db or None) of a 3 x 3 stride-1 layer, F(4x4, 3x3), the two gradients sharing one padded
+    copy of g (where y > 0, with y)."""
+    x = np.ascontiguousarray(x)
+    N, C, H, W = x.shape
+    O = w2.shape[0]
+    shape = (N, O, H + 2 * ph - 2, W + 2 * pw - 2)
+    g4 = np.ascontiguousarray(g).reshape(shape)
+    y4 = None if y is None else np.ascontiguousarray(y).reshape(shape)
+    dx, dw, db = winograd_f4.backward(g4, x, np.ascontiguousarray(w2).reshape(O, C, 3, 3), y4, ph, pw, need_db)
+    return dx, dw.reshape(O, C * 9), db
+

@@ -113,9 +113,10 @@ def _tiles(N, nth, ntw):
     return t // (nth * ntw), (t // ntw) % nth, t % ntw
 
 
-def forward(x, w, bias=None, relu=False, ph=1, pw=1, mask=None):
+def forward(x, w, bias=None, relu=False, ph=1, pw=1, mask=None, xp=None):
     """out (N, O, Ho, Wo) = conv2d(x, w (O, C, 3, 3), padding (ph, pw)) (+ bias, then ReLU when asked); with a
-    mask (x's shape), x is taken as 0 where mask <= 0 (the ReLU backward of the layer that made mask)."""
+    mask (x's shape), x is taken as 0 where mask <= 0 (the ReLU backward of the layer that made mask). xp: x
+    already padded (``_padded``, at least as many rows and columns as needed), as ``backward`` shares it."""
     dt = x.dtype
     N, C, H, W = x.shape
     O = w.shape[0]
@@ -125,8 +126,9 @@ def forward(x, w, bias=None, relu=False, ph=1, pw=1, mask=None):
     Op, Cp = G * OW, _ceil(C, VW) * VW
     Ho, Wo = H + 2 * ph - 2, W + 2 * pw - 2
     nth, ntw = _ceil(Ho, 4), _ceil(Wo, 4)
-    Hp, Wp = 4 * nth + 2, 4 * ntw + 2
-    xp = _padded(x, mask, Hp, Wp, Cp, ph, pw)
+    if xp is None:
+        xp = _padded(x, mask, 4 * nth + 2, 4 * ntw + 2, Cp, ph, pw)
+    Hp, Wp = xp.shape[1:3]
     up = np.empty((36, G, Cp, OW), dt)
     _packed_u(w, up)
     bp = np.zeros(Op, dt)
@@ -200,10 +202,11 @@ def _dw_groups(Cp, VW, regs, dtype):
     return groups
 
 
-def weight_grad(g, x, ph, pw, y=None, need_db=False):
+def weight_grad(g, x, ph, pw, y=None, need_db=False, gp=None, at=(0, 0)):
     """(dw (O, C, 3, 3), db (O,) or None) of out = conv2d(x, w, padding (ph, pw)) (+ b), g = dE/d(out); with y (out
     after a ReLU), g where y > 0. dU[xi] = sum over tiles of dM[xi]^T V[xi], dM = A g_tile A^T (wino_gout, which
-    also sums db), V as in the forward, then dw = G^T dU G."""
+    also sums db), V as in the forward, then dw = G^T dU G. gp: g already padded (``_padded``: the masked g at
+    row and column ``at``, 0 past its edges up to whole tiles), as ``backward`` shares it."""
     dt = x.dtype
     N, C, H, W = x.shape
     O = g.shape[1]
@@ -214,10 +217,12 @@ def weight_grad(g, x, ph, pw, y=None, need_db=False):
     nth, ntw = _ceil(Ho, 4), _ceil(Wo, 4)
     Hp, Wp = 4 * nth + 2, 4 * ntw + 2
     xp = _padded(x, None, Hp, Wp, Cp, ph, pw)
-    gp = _padded(g, y, 4 * nth, 4 * ntw, Op, 0, 0)
+    if gp is None:
+        gp = _padded(g, y, 4 * nth, 4 * ntw, Op, 0, 0)
+    Hg, Wg = gp.shape[1:3]
     n, tr, tc = _tiles(N, nth, ntw)
     in_offs = ((n * Hp + 4 * tr) * Wp + 4 * tc) * Cp
-    g_offs = ((n * 4 * nth + 4 * tr) * 4 * ntw + 4 * tc) * Op
+    g_offs = ((n * Hg + 4 * tr + at[0]) * Wg + 4 * tc + at[1]) * Op
     kin, kgout = wk.in_kernel(dt), wk.gout_kernel(dt)
     groups = _dw_groups(Cp, VW, regs, dt)
     it = x.itemsize
@@ -232,7 +237,7 @@ def weight_grad(g, x, ph, pw, y=None, need_db=False):
         for t0, cnt in share:
             kin(xp.ctypes.data, 0, V.ctypes.data, in_offs[t0:].ctypes.data, 0, cnt, Cp // VW, Wp * Cp, Cp, Tp * Cp)
             kgout(gp.ctypes.data, db.ctypes.data, dM.ctypes.data, g_offs[t0:].ctypes.data, 0, cnt, Op // VW,
-                  4 * ntw * Op, Op, Tp * Op)
+                  Wg * Op, Op, Tp * Op)
             for c0, _, P, kern in groups:  # du[xi, o, c0 ..] += sum_k dM[xi, k, o] V[xi, k, c0 ..]
                 kern(V.ctypes.data + c0 * it, dM.ctypes.data, du.ctypes.data + c0 * it, 0, 0, cnt, 36, Op // P,
                      Tp * Cp, Tp * Op, Op * Cp, Cp, 1, Op, Cp)
@@ -242,3 +247,22 @@ def weight_grad(g, x, ph, pw, y=None, need_db=False):
     dw = np.empty((O, C, 3, 3), dt)
     _dw_from_du(_sum_parts(parts), np.einsum("xa,yb->abxy", Gm, Gm).reshape(9, 36), dw)
     return dw, (_sum_parts(dbs)[:O] if need_db else None)
+
+
+def backward(g, x, w, y, ph, pw, need_db):
+    """(dx, dw, db or None) of out = conv2d(x, w, padding (ph, pw)) (+ b), g = dE/d(out), y = out after a ReLU
+    or None: the masked g is made and padded once, for both gradients (the input gradient's padding 2 - p,
+    with rows and columns enough for the weight gradient's whole tiles)."""
+    N, C, H, W = x.shape
+    O, Ho, Wo = g.shape[1:]
+    VW = wk.shape(O, g.dtype)[2]
+    gm = g if y is None else relu_backward(g, y)
+    ah, aw = 2 - ph, 2 - pw
+    rows = max(4 * _ceil(H, 4) + 2, ah + 4 * _ceil(Ho, 4))
+    cols = max(4 * _ceil(W, 4) + 2, aw + 4 * _ceil(Wo, 4))
+    gp = _padded(gm, None, rows, cols, _ceil(O, VW) * VW, ah, aw)
+    wf = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    dx = forward(gm, wf, None, False, ah, aw, xp=gp)
+    dw, db = weight_grad(gm, x, ph, pw, None, need_db, gp, (ah, aw))
+    return dx, dw, db
+
