@@ -30,17 +30,14 @@ from .shifted_kernel import _cached, _Function, _machine
 
 
 def _consts(f):
-    return lambda v: f.ir.Constant(f.vec, [float(v)] * f.VW)
+    """c(v): the vector with v in every lane; fma(x, y, z) = x * y + z."""
+    return (lambda v: f.ir.Constant(f.vec, [float(v)] * f.VW)), (lambda x, y, z: f.b.call(f.fma, [x, y, z]))
 
 
 def _bt(f, d):
     """B^T d for a column d of 6 vectors (B^T = [[4,0,-5,0,1,0], [0,-4,-4,1,1,0], [0,4,-4,-1,1,0],
     [0,-2,-1,2,1,0], [0,2,-1,-2,1,0], [0,4,0,-5,0,1]]), in 16 vector operations."""
-    b, c = f.b, _consts(f)
-
-    def fma(x, y, z):
-        return b.call(f.fma, [x, y, z])
-
+    b, (c, fma) = f.b, _consts(f)
     d0, d1, d2, d3, d4, d5 = d
     s12, s34 = b.fadd(d1, d2), b.fadd(d3, d4)
     d12, d43 = b.fsub(d1, d2), b.fsub(d4, d3)
@@ -52,11 +49,7 @@ def _bt(f, d):
 def _at(f, m):
     """A^T m for a column m of 6 vectors (A^T = [[1,1,1,1,1,0], [0,1,-1,2,-2,0], [0,1,1,4,4,0],
     [0,1,-1,8,-8,1]]): 4 vectors."""
-    b, c = f.b, _consts(f)
-
-    def fma(x, y, z):
-        return b.call(f.fma, [x, y, z])
-
+    b, (c, fma) = f.b, _consts(f)
     m0, m1, m2, m3, m4, m5 = m
     s12, d12 = b.fadd(m1, m2), b.fsub(m1, m2)
     s34, d34 = b.fadd(m3, m4), b.fsub(m3, m4)
@@ -66,40 +59,62 @@ def _at(f, m):
 def _a(f, g):
     """A g for a column g of 4 vectors (A = (A^T)^T: rows [1,0,0,0], [1,1,1,1], [1,-1,1,-1], [1,2,4,8], [1,-2,4,-8],
     [0,0,0,1]): 6 vectors."""
-    b, c = f.b, _consts(f)
+    b, (c, fma) = f.b, _consts(f)
     g0, g1, g2, g3 = g
     s02, s13 = b.fadd(g0, g2), b.fadd(g1, g3)
-    t02 = b.call(f.fma, [c(4), g2, g0])
-    t13 = b.call(f.fma, [c(8), g3, b.fmul(c(2), g1)])
+    t02, t13 = fma(c(4), g2, g0), fma(c(8), g3, b.fmul(c(2), g1))
     return [g0, b.fadd(s02, s13), b.fsub(s02, s13), b.fadd(t02, t13), b.fsub(t02, t13), g3]
 
 
-def _build_in(dtype):
-    """win(X, -, V, OFFS, -, ntiles, CV, ROW, CP, LDV): for tile k < ntiles with its patch's top-left at
+def _build_patch(name, dtype, n, transform, with_sum):
+    """name(X, SUM, OUT, OFFS, -, ntiles, CV, ROW, CP, LDO): for tile k < ntiles with its n x n patch's top-left at
     X[OFFS[k]] (NHWC, CP channels, rows ROW numbers apart) and each of the CV vectors of channels:
-    V[xi * LDV + k * CP + channels] = (B^T d B)[xi]."""
-    f = _Function("wino_in", dtype, 5, 1, 1)
+    OUT[xi * LDO + k * CP + channels] = (T d T^T)[xi], T the 6 x n ``transform``; with_sum: SUM[channels] += the
+    patch's sum. wino_in is (n, T) = (6, B^T), wino_gout (4, A) with the sum (the bias gradient)."""
+    f = _Function(name, dtype, 5, 1, 1)
     b, const, VW = f.b, f.const, f.VW
-    X, _, V, OFFS, _, NT, CV, ROW, CP, LDV = f.fn.args
+    X, SUM, OUT, OFFS, _, NT, CV, ROW, CP, LDO = f.fn.args
 
     def tile(k):
         off, vk = b.load(b.gep(OFFS, [k])), b.mul(k, CP)
 
         def channels(cv):
-            at = b.add(off, b.mul(cv, const(VW)))
-            d = [[f.vector(X, b.add(at, b.add(b.mul(const(r), ROW), b.mul(const(s), CP)))) for s in range(6)]
-                 for r in range(6)]
-            q = [_bt(f, [d[r][s] for r in range(6)]) for s in range(6)]  # q[s][r'] = (B^T d)[r', s]
-            vo = b.add(vk, b.mul(cv, const(VW)))
+            o = b.mul(cv, const(VW))
+            at = b.add(off, o)
+            d = [[f.vector(X, b.add(at, b.add(b.mul(const(r), ROW), b.mul(const(s), CP)))) for s in range(n)]
+                 for r in range(n)]
+            q = [transform(f, [d[r][s] for r in range(n)]) for s in range(n)]  # q[s][r'] = (T d)[r', s]
+            vo = b.add(vk, o)
             for r in range(6):
-                v = _bt(f, [q[s][r] for s in range(6)])  # row r' of B^T d B
+                v = transform(f, [q[s][r] for s in range(n)])  # row r' of T d T^T
                 for s in range(6):
-                    b.store(v[s], f.vector_ptr(V, b.add(b.mul(const(r * 6 + s), LDV), vo)), align=f.it)
+                    b.store(v[s], f.vector_ptr(OUT, b.add(b.mul(const(r * 6 + s), LDO), vo)), align=f.it)
+            if with_sum:
+                total = d[0][0]
+                for r in range(n):
+                    for s in range(n):
+                        if r or s:
+                            total = b.fadd(total, d[r][s])
+                at_sum = f.vector_ptr(SUM, o)
+                b.store(b.fadd(b.load(at_sum, align=f.it), total), at_sum, align=f.it)
 
         f.loop(CV, channels)
 
     f.loop(NT, tile)
     return f.compile()
+
+
+def _build_in(dtype):
+    """win(X, -, V, OFFS, -, ntiles, CV, ROW, CP, LDV): V[xi * LDV + k * CP + channels] = (B^T d B)[xi] for tile k's
+    6 x 6 patch d at X[OFFS[k]]."""
+    return _build_patch("wino_in", dtype, 6, _bt, False)
+
+
+def _build_gout(dtype):
+    """wgout(G, DB, DM, OFFS, -, ntiles, OVN, ROW, OP, LDM): DM[xi * LDM + k * OP + channels] = (A g A^T)[xi] for tile
+    k's 4 x 4 block g of the output gradient at G[OFFS[k]] (the adjoint of the output transform), and DB[channels]
+    += the block's sum (the bias gradient)."""
+    return _build_patch("wino_gout", dtype, 4, _a, True)
 
 
 def _build_out(dtype, relu: bool):
@@ -144,40 +159,6 @@ def _build_out(dtype, relu: bool):
         tail = b.sub(O, b.mul(whole, const(VW)))
         with b.if_then(b.icmp_signed(">", tail, const(0))):
             channels(whole, tail)
-
-    f.loop(NT, tile)
-    return f.compile()
-
-
-def _build_gout(dtype):
-    """wgout(G, DB, DM, OFFS, -, ntiles, OVN, ROW, OP, LDM): for tile k < ntiles with its 4 x 4 block of the output
-    gradient at G[OFFS[k]] (NHWC, OP channels, rows ROW numbers apart) and each of the OVN vectors of channels:
-    DM[xi * LDM + k * OP + channels] = (A g A^T)[xi] (the adjoint of the output transform), and DB[channels] +=
-    the block's sum (the bias gradient)."""
-    f = _Function("wino_gout", dtype, 5, 1, 1)
-    b, const, VW = f.b, f.const, f.VW
-    G, DB, DM, OFFS, _, NT, OVN, ROW, OP, LDM = f.fn.args
-
-    def tile(k):
-        off, mk = b.load(b.gep(OFFS, [k])), b.mul(k, OP)
-
-        def channels(ov):
-            o = b.mul(ov, const(VW))
-            at = b.add(off, o)
-            g = [[f.vector(G, b.add(at, b.add(b.mul(const(i), ROW), b.mul(const(j), OP)))) for j in range(4)]
-                 for i in range(4)]
-            q = [_a(f, [g[i][j] for i in range(4)]) for j in range(4)]  # q[j][r] = (A g)[r, j]
-            mo = b.add(mk, o)
-            for r in range(6):
-                v = _a(f, [q[j][r] for j in range(4)])  # row r of A g A^T
-                for s in range(6):
-                    b.store(v[s], f.vector_ptr(DM, b.add(b.mul(const(r * 6 + s), LDM), mo)), align=f.it)
-            rows = [b.fadd(b.fadd(g[i][0], g[i][1]), b.fadd(g[i][2], g[i][3])) for i in range(4)]
-            total = b.fadd(b.fadd(rows[0], rows[1]), b.fadd(rows[2], rows[3]))
-            db = f.vector_ptr(DB, o)
-            b.store(b.fadd(b.load(db, align=f.it), total), db, align=f.it)
-
-        f.loop(OVN, channels)
 
     f.loop(NT, tile)
     return f.compile()

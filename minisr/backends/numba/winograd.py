@@ -56,14 +56,18 @@ def conv_forward(x, w2, ph, pw, b=None, relu=False):
     return out.reshape(out.shape[0], O, -1)
 
 
+def _nchw(g, y, x_shape, O, ph, pw):
+    """g and y (or None) of a layer's output, (N, O, Ho*Wo) or any shape of that size, as contiguous (N, O, Ho, Wo)."""
+    N, C, H, W = x_shape
+    shape = (N, O, H + 2 * ph - 2, W + 2 * pw - 2)
+    return np.ascontiguousarray(g).reshape(shape), None if y is None else np.ascontiguousarray(y).reshape(shape)
+
+
 def conv_input_grad(w2, g, x_shape, ph, pw, y=None):
     """conv.conv_input_grad for a 3 x 3 stride-1 layer, F(4x4, 3x3): the forward on g (where y > 0, with y) with
     the filter flipped and transposed, padding 2 - p."""
-    N, C, H, W = x_shape
-    O = w2.shape[0]
-    shape = (N, O, H + 2 * ph - 2, W + 2 * pw - 2)
-    g4 = np.ascontiguousarray(g).reshape(shape)
-    y4 = None if y is None else np.ascontiguousarray(y).reshape(shape)
+    O, C = w2.shape[0], x_shape[1]
+    g4, y4 = _nchw(g, y, x_shape, O, ph, pw)
     return winograd_f4.input_grad(np.ascontiguousarray(w2).reshape(O, C, 3, 3), g4, x_shape, ph, pw, y4)
 
 
@@ -71,24 +75,17 @@ def conv_weight_grad(g, x, ph, pw, y=None, need_db=False):
     """conv.conv_weight_grad for a 3 x 3 stride-1 layer, F(4x4, 3x3): g (N, O, Ho*Wo) (where y > 0, with y), x (N, C,
     H, W) -> (dw (O, 9 C), db (O,) or None)."""
     x = np.ascontiguousarray(x)
-    N, C, H, W = x.shape
     O = g.shape[1]
-    shape = (N, O, H + 2 * ph - 2, W + 2 * pw - 2)
-    g4 = np.ascontiguousarray(g).reshape(shape)
-    y4 = None if y is None else np.ascontiguousarray(y).reshape(shape)
+    g4, y4 = _nchw(g, y, x.shape, O, ph, pw)
     dw, db = winograd_f4.weight_grad(g4, x, ph, pw, y4, need_db)
-    return dw.reshape(O, C * 9), db
+    return dw.reshape(O, -1), db
 
 
 def conv_backward(g, x, w2, ph, pw, y=None, need_db=False):
     """(dx, dw (O, 9 C), db or None) of a 3 x 3 stride-1 layer, F(4x4, 3x3), the two gradients sharing one padded
     copy of g (where y > 0, with y)."""
     x = np.ascontiguousarray(x)
-    N, C, H, W = x.shape
-    O = w2.shape[0]
-    shape = (N, O, H + 2 * ph - 2, W + 2 * pw - 2)
-    g4 = np.ascontiguousarray(g).reshape(shape)
-    y4 = None if y is None else np.ascontiguousarray(y).reshape(shape)
+    O, C = w2.shape[0], x.shape[1]
+    g4, y4 = _nchw(g, y, x.shape, O, ph, pw)
     dx, dw, db = winograd_f4.backward(g4, x, np.ascontiguousarray(w2).reshape(O, C, 3, 3), y4, ph, pw, need_db)
-    return dx, dw.reshape(O, C * 9), db
-
+    return dx, dw.reshape(O, -1), db
