@@ -1,5 +1,5 @@
-"""Winograd F(4x4, 3x3) forwards and input gradients of 3 x 3 stride-1 convolutions, on the kernels of
-:mod:`minisr.backends.winograd_kernel` (the channels in the SIMD lanes; the math is in
+"""Winograd F(4x4, 3x3) for 3 x 3 stride-1 convolutions -- forward, input gradient, weight gradient -- on the kernels
+of :mod:`minisr.backends.winograd_kernel` (the channels in the SIMD lanes; the math is in
 :mod:`minisr.backends.winograd_reference`, docs/backprop.md has why it is exact and where float32 loses bits).
 
     1. the input, zero-padded, as NHWC (channels padded to whole vectors)    xp       (an image per share)
@@ -9,8 +9,10 @@
            out tile k  = A^T M[:, k, o] A + b[o]          wino_out, straight into the NCHW output (ReLU'd if asked)
 
 The input gradient is the forward on the output gradient with the filter flipped and its channels swapped,
-padding 2 - p (as for the direct convolution). The weight gradient stays on the direct kernels (see
-:mod:`.winograd` for when which runs).
+padding 2 - p (as for the direct convolution). The weight gradient: V as above, dM = A g_k A^T (wino_gout, with
+the bias gradient), dU[xi] += dM[xi]^T V[xi] (wino_gemm accumulating, per thread), dw = G^T dU G. ``backward``
+makes the masked output gradient and its padded copy once for both gradients. :mod:`.winograd` says when this
+runs.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ def _ceil(a, b):
 def _chunk_size(P, Cp, Op):
     """Tiles per chunk: ~_CHUNK_TILES at 64 channels, fewer for wider layers (V and M stay ~0.9 MB), a multiple
     of P."""
-    return -(-max(P, _CHUNK_TILES * 64 // max(Cp, Op)) // P) * P
+    return _ceil(max(P, _CHUNK_TILES * 64 // max(Cp, Op)), P) * P
 
 
 def _chunks(total, P, size):
