@@ -218,6 +218,23 @@ def shape(O: int, dtype) -> tuple[int, int, int]:
     return min(14, (regs - 1 - OV) // OV), OV, VW
 
 
+def dot_groups(Cp: int, dtype) -> list:
+    """[(first channel, vectors, P, kernel)]: the weight gradient's accumulating GEMMs over groups of at most 4 (2
+    with 16 registers) vectors of Cp input channels (a whole number of vectors), P output channels per block (a
+    power of 2 <= VW that fits the registers, so that P divides the padded output channels)."""
+    *_, vbytes, regs = _machine()
+    VW = vbytes // np.dtype(dtype).itemsize
+    groups, c0 = [], 0
+    while c0 < Cp:
+        ov = min(4 if regs >= 32 else 2, (Cp - c0) // VW)
+        P = 8
+        while P > 1 and (P * ov + ov + 1 > regs or VW % P):
+            P //= 2
+        groups.append((c0, ov, P, gemm_kernel(P, ov, dtype, accumulate=True)))
+        c0 += ov * VW
+    return groups
+
+
 def in_kernel(dtype):
     return _cached(_build_in, np.dtype(dtype))
 

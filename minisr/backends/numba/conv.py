@@ -1,6 +1,6 @@
 """The three conv kernels of the Numba backend, each choosing its path per layer: Winograd (:mod:`.winograd`:
-F(4x4, 3x3) forwards and input gradients of 3x3 stride-1 layers with >= 16 channels; every 3x3 stride-1 kernel
-with ``MINISR_CONV=winograd``; none with ``direct``), shifted GEMMs on our own kernel (:mod:`.conv_shifted`:
+F(4x4, 3x3) for all three kernels of 3x3 stride-1 layers with >= 16 channels; of every 3x3 stride-1 layer with
+``MINISR_CONV=winograd``; none with ``direct``), shifted GEMMs on our own kernel (:mod:`.conv_shifted`:
 stride 1 with >= 8 channels, and a first layer's weight gradient; :mod:`.conv_polyphase`: 3x3 stride 2 with >= 8
 channels), or columns + BLAS (:mod:`.conv_im2col`: everything else).
 

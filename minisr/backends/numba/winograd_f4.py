@@ -162,11 +162,12 @@ def forward(x, w, bias=None, relu=False, ph=1, pw=1, mask=None, xp=None):
     return out
 
 
-def input_grad(w, g, x_shape, ph, pw, y=None):
+def input_grad(w, g, x_shape, ph, pw, y=None, gp=None):
     """dx (N, C, H, W) of out = conv2d(x, w (O, C, 3, 3), padding (ph, pw)), g = dE/d(out) (N, O, Ho, Wo): the
-    forward on g with w flipped and transposed, padding 2 - p. With y (out after a ReLU), g where y > 0."""
+    forward on g with w flipped and transposed, padding 2 - p. With y (out after a ReLU), g where y > 0; gp: g
+    already padded (as ``backward`` shares it)."""
     wf = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-    dx = forward(g, wf, None, False, 2 - ph, 2 - pw, y)
+    dx = forward(g, wf, None, False, 2 - ph, 2 - pw, y, gp)
     assert dx.shape == tuple(x_shape)
     return dx
 
@@ -189,21 +190,6 @@ def _dw_from_du(du, k, dw):
                 dw[o, c, ab // 3, ab % 3] = acc[c]
 
 
-def _dw_groups(Cp, VW, regs, dtype):
-    """[(first channel, vectors, P, kernel)]: the weight gradient's GEMMs over groups of at most 4 (2 with 16
-    registers) vectors of input channels, P output channels per block (a power of 2 <= VW that fits the
-    registers, so that P divides the padded output channels)."""
-    groups, c0 = [], 0
-    while c0 < Cp:
-        ov = min(4 if regs >= 32 else 2, (Cp - c0) // VW)
-        P = 8
-        while P > 1 and (P * ov + ov + 1 > regs or VW % P):
-            P //= 2
-        groups.append((c0, ov, P, wk.gemm_kernel(P, ov, dtype, accumulate=True)))
-        c0 += ov * VW
-    return groups
-
-
 def weight_grad(g, x, ph, pw, y=None, need_db=False, gp=None, at=(0, 0)):
     """(dw (O, C, 3, 3), db (O,) or None) of out = conv2d(x, w, padding (ph, pw)) (+ b), g = dE/d(out); with y (out
     after a ReLU), g where y > 0. dU[xi] = sum over tiles of dM[xi]^T V[xi], dM = A g_tile A^T (wino_gout, which
@@ -212,7 +198,6 @@ def weight_grad(g, x, ph, pw, y=None, need_db=False, gp=None, at=(0, 0)):
     dt = x.dtype
     N, C, H, W = x.shape
     O = g.shape[1]
-    *_, regs = wk._machine()
     VW = wk.shape(O, dt)[2]
     Op, Cp = _ceil(O, VW) * VW, _ceil(C, VW) * VW
     Ho, Wo = g.shape[2], g.shape[3]
@@ -226,7 +211,7 @@ def weight_grad(g, x, ph, pw, y=None, need_db=False, gp=None, at=(0, 0)):
     in_offs = ((n * Hp + 4 * tr) * Wp + 4 * tc) * Cp
     g_offs = ((n * Hg + 4 * tr + at[0]) * Wg + 4 * tc + at[1]) * Op
     kin, kgout = wk.in_kernel(dt), wk.gout_kernel(dt)
-    groups = _dw_groups(Cp, VW, regs, dt)
+    groups = wk.dot_groups(Cp, dt)
     it = x.itemsize
     Tp = _chunk_size(1, Cp, Op)
     parts, dbs = {}, {}
@@ -263,8 +248,7 @@ def backward(g, x, w, y, ph, pw, need_db):
     rows = max(4 * _ceil(H, 4) + 2, ah + 4 * _ceil(Ho, 4))
     cols = max(4 * _ceil(W, 4) + 2, aw + 4 * _ceil(Wo, 4))
     gp = _padded(gm, None, rows, cols, _ceil(O, VW) * VW, ah, aw)
-    wf = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-    dx = forward(gm, wf, None, False, ah, aw, xp=gp)
+    dx = input_grad(w, gm, x.shape, ph, pw, gp=gp)
     dw, db = weight_grad(gm, x, ph, pw, None, need_db, gp, (ah, aw))
     return dx, dw, db
 
