@@ -214,6 +214,7 @@ class ConvCase:
 
 CONV_CASES = [
     ConvCase("conv-srcnn1", "SRCNN layer 1", (128, 1, 33, 33), 64, 9, 0, False),
+    ConvCase("conv-srcnn2", "SRCNN layer 2", (128, 64, 25, 25), 32, 5, 0, True),
     ConvCase("conv-vdsr", "VDSR middle", (16, 64, 41, 41), 64, 3, 1, True),
     ConvCase("conv-edsr", "EDSR middle", (16, 64, 48, 48), 64, 3, 1, True),
     ConvCase("conv-edsr-up", "EDSR upsampler", (16, 64, 48, 48), 256, 3, 1, True),

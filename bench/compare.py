@@ -136,8 +136,9 @@ def parse_args(argv=None):
     ap.add_argument("--backend", default="numba", choices=["numba", "numpy"], help="minisr CPU kernel set")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--cases", default="", help="comma-separated substrings of case ids/names to run "
-                                                "(ids: sgemm-*, conv-srcnn1, conv-vdsr, conv-edsr, conv-edsr-up, "
-                                                "train-srcnn, train-vdsr, train-edsr, infer-edsr); default all")
+                                                "(ids: sgemm-*, conv-srcnn1, conv-srcnn2, conv-vdsr, conv-edsr, "
+                                                "conv-edsr-up, train-srcnn, train-vdsr, train-edsr, infer-edsr); "
+                                                "default all")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
     ap.add_argument("--json", default=str(DEFAULT_JSON), metavar="FILE", help="results as JSON ('' for none)")
     ap.add_argument("--plot", default=str(DEFAULT_PLOT), metavar="FILE", help="bar chart PNG ('' for none)")

@@ -1,6 +1,7 @@
-"""Winograd F(4x4, 3x3) against minisr's direct convolution, in ONE process, alternating A/B call by call
-(``MINISR_CONV=direct`` / ``winograd`` switched between calls), medians: the conv layers of the benchmark and
-the VDSR-20 / EDSR-baseline training steps; and the float32 error of each against float64.
+"""Winograd F(4x4, 3x3) and F(2x2, 5x5) against minisr's direct convolution, in ONE process, alternating A/B call
+by call (``MINISR_CONV=direct`` / ``winograd`` switched between calls), medians: the conv layers of the benchmark
+(SRCNN's 5x5 middle layer, VDSR's and EDSR's 3x3 ones) and the SRCNN / VDSR-20 / EDSR-baseline training steps
+(direct against ``auto``, the default); and the float32 error of each layer against float64.
 
     python bench/winograd_ab.py                        # timings (~3 min on 2 cores) and the error table
     python bench/winograd_ab.py --repeats 30 --cases conv
@@ -29,7 +30,7 @@ sys.path.insert(0, str(HERE))
 import _common as C  # noqa: E402  (sets the thread environment before NumPy loads)
 import numpy as np  # noqa: E402
 
-LAYERS = ["conv-vdsr", "conv-edsr", "conv-edsr-up"]
+LAYERS = ["conv-srcnn2", "conv-vdsr", "conv-edsr", "conv-edsr-up"]
 
 
 def _median(v):
@@ -40,12 +41,13 @@ def _conv_mode(mode):
     os.environ["MINISR_CONV"] = mode
 
 
-def time_ab(fns, repeats, warmup=1):
-    """{(variant, pass): [seconds]} with fns {(variant, pass): fn}, variants alternating call by call."""
+def time_ab(fns, repeats, warmup=1, modes=None):
+    """{(variant, pass): [seconds]} with fns {(variant, pass): fn}, variants alternating call by call, each under
+    MINISR_CONV = modes.get(variant, variant)."""
     times = {k: [] for k in fns}
     for rep in range(warmup + repeats):
         for (variant, p), fn in fns.items():
-            _conv_mode(variant)
+            _conv_mode((modes or {}).get(variant, variant))
             t0 = time.perf_counter()
             fn()
             dt = time.perf_counter() - t0
@@ -60,7 +62,7 @@ def layer_fns(case):
 
     x, w, b, G = C.conv_arrays(case, np.float32)
     fwd, fwd_bwd = C.minisr_conv(case, x, w, b, G)
-    O, geo = w.shape[0], (3, 3, 1, 1, case.pad, case.pad)
+    O, geo = w.shape[0], (case.k, case.k, 1, 1, case.pad, case.pad)
     w2, g = w.reshape(O, -1), G.reshape(G.shape[0], O, -1)
     passes = (("fwd", fwd), ("fwd+bwd", fwd_bwd), ("kernel: forward", lambda: nb.conv_forward(x, w2, *geo)),
               ("kernel: input grad", lambda: nb.conv_input_grad(w2, g, x.shape, *geo)),
@@ -110,7 +112,8 @@ def main(argv=None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--step-repeats", type=int, default=7)
-    ap.add_argument("--steps", default="train-vdsr,train-edsr", help="training-step case ids")
+    ap.add_argument("--steps", default="train-srcnn,train-vdsr,train-edsr",
+                    help="training-step case ids (timed under MINISR_CONV=direct and auto, the default)")
     ap.add_argument("--cases", default="conv,train", help="conv, train, or both (comma-separated)")
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--errors-only", action="store_true")
@@ -132,12 +135,12 @@ def main(argv=None):
     wanted = args.cases.split(",")
     todo = []
     if "conv" in wanted:
-        todo += [(c.label, layer_fns(c), args.repeats) for c in convs]
-    if "train" in wanted:
-        todo += [(c.label, step_fns(C.model_case(c, args.tiny)), args.step_repeats)
+        todo += [(c.label, layer_fns(c), args.repeats, None) for c in convs]
+    if "train" in wanted:  # (a step's Winograd column: the default, auto, which leaves the small layers direct)
+        todo += [(c.label, step_fns(C.model_case(c, args.tiny)), args.step_repeats, {"winograd": "auto"})
                  for c in C.MODEL_CASES if c.id in args.steps.split(",")]
-    for label, fns, repeats in todo:
-        times = time_ab(fns, repeats)
+    for label, fns, repeats, modes in todo:
+        times = time_ab(fns, repeats, modes=modes)
         for p in dict.fromkeys(p for _, p in fns):
             d, w = _median(times[("direct", p)]), _median(times[("winograd", p)])
             print(f"| {label} | {p} | {d * 1e3:.2f} | {w * 1e3:.2f} | {w / d:.2f} |", flush=True)

@@ -52,10 +52,10 @@ def conv_geometry(draw, max_k=5, winograd=False):
     """(N, C, O, H, W, kh, kw, sh, sw, ph, pw) of a valid convolution; C and O reach past 8 so that the numba
     backend's shifted-GEMM path (stride 1, >= 8 channels) is drawn as well as im2col."""
     N, C, O = draw(st.integers(1, 3)), draw(st.integers(1, 12)), draw(st.integers(1, 12))
-    if winograd:
-        kh = kw = 3
+    if winograd:  # F(4x4, 3x3) or F(2x2, 5x5)
+        kh = kw = draw(st.sampled_from([3, 5]))
         sh = sw = 1
-        ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+        ph, pw = draw(st.integers(0, kh - 1)), draw(st.integers(0, kw - 1))
     else:
         kh, kw = draw(st.integers(1, max_k)), draw(st.integers(1, max_k))
         sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
@@ -117,13 +117,14 @@ def test_winograd_matches_the_reference(geo, dt, layouts, seed):
     N, C, O, H, W, kh, kw, sh, sw, ph, pw = geo
     x, w2, g, _ = _conv_data(geo, dt, seed)
     X, W2, G = (laid_out(a, lay) for a, lay in zip((x, w2, g), layouts))
-    geom = (3, 3, 1, 1, ph, pw)
+    geom = (kh, kw, 1, 1, ph, pw)
     tag = f"winograd {geo} {np.dtype(dt).name} layouts {layouts}"
     assert winograd.possible(*geom, dt)
-    _assert_close(winograd.conv_forward(X, W2, ph, pw), ref.conv_forward(x, w2, *geom), dt, f"forward {tag}")
-    _assert_close(winograd.conv_input_grad(W2, G, x.shape, ph, pw), ref.conv_input_grad(w2, g, x.shape, *geom), dt,
-                  f"dx {tag}")
-    _assert_close(winograd.conv_weight_grad(G, X, ph, pw)[0], ref.conv_weight_grad(g, x, *geom), dt, f"dw {tag}")
+    _assert_close(winograd.conv_forward(X, W2, kh, ph, pw), ref.conv_forward(x, w2, *geom), dt, f"forward {tag}")
+    _assert_close(winograd.conv_input_grad(W2, G, x.shape, kh, ph, pw), ref.conv_input_grad(w2, g, x.shape, *geom),
+                  dt, f"dx {tag}")
+    _assert_close(winograd.conv_weight_grad(G, X, kh, ph, pw)[0], ref.conv_weight_grad(g, x, *geom), dt,
+                  f"dw {tag}")
 
 
 # ------------------------------------------------------------------------------------- conv2d through autograd
@@ -132,7 +133,8 @@ def test_winograd_matches_the_reference(geo, dt, layouts, seed):
        backend=st.sampled_from(["numba", "numpy"]), bias=st.booleans(), seed=st.integers(0, 2 ** 16))
 def test_conv2d_forward_and_backward_on_any_layout(geo, dt, layout, conv, backend, bias, seed, monkeypatch_module):
     """F.conv2d on a Tensor whose data is a view of any layout, forward and all three gradients, against the
-    reference backend on contiguous copies; MINISR_CONV=winograd routes the 3x3 stride-1 layers through Winograd."""
+    reference backend on contiguous copies; MINISR_CONV=winograd routes the 3x3 and 5x5 stride-1 layers through
+    Winograd."""
     N, C, O, H, W, kh, kw, sh, sw, ph, pw = geo
     x, w2, g, _ = _conv_data(geo, dt, seed)
     w = w2.reshape(O, C, kh, kw)

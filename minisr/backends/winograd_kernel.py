@@ -1,25 +1,27 @@
-"""The hand-written CPU kernels of Winograd F(4x4, 3x3) with the channels in the SIMD lanes (LLVM IR built with
-llvmlite, like :mod:`minisr.backends.shifted_kernel`, whose function builder they use). Four of them, one per
-step of a tile's way through the convolution (the math, as the paper's matrices, is in :mod:`winograd_reference`;
-the driver is :mod:`minisr.backends.numba.winograd_f4`):
+"""The hand-written CPU kernels of Winograd F(4x4, 3x3) and F(2x2, 5x5) with the channels in the SIMD lanes (LLVM
+IR built with llvmlite, like :mod:`minisr.backends.shifted_kernel`, whose function builder they use). Four of
+them, one per step of a tile's way through the convolution (the math, as the paper's matrices, is in
+:mod:`winograd_reference`; the driver is :mod:`minisr.backends.numba.winograd_lanes`). Both algorithms use the 6
+points 0, +-1, +-2 and infinity, so a tile is a 6 x 6 patch either way and B^T is the same; only the output
+transform A^T (4 x 6 or 2 x 6: the tile's m x m outputs) and the filter transform G (6 x 3 or 6 x 5) differ:
 
     wino_in:    V[xi, k, c] = (B^T d_k B)[xi]          d_k the 6 x 6 patch of tile k in a zero-padded NHWC copy of
                                                        the input (channels c: VW at a time, one vector each)
     wino_gemm:  M[xi, k, o] = sum_c V[xi, k, c] U[xi, c, o]        36 GEMMs, U = G w G^T
-    wino_out:   out[n, o, 4 tr + i, 4 tc + j] = (A^T M[:, k, o] A)[i, j] + bias[o]   (ReLU'd when asked), stored
+    wino_out:   out[n, o, m tr + i, m tc + j] = (A^T M[:, k, o] A)[i, j] + bias[o]   (ReLU'd when asked), stored
                                                        lane by lane straight into the NCHW output, inside its edges
     wino_gout:  dM[xi, k, o] = (A g_k A^T)[xi]         the output transform's adjoint, for the weight gradient
                                                        dU[xi] += dM[xi]^T V[xi] (wino_gemm again), dw = G^T dU G
 
 Why channels in the lanes: a tile's 36 numbers per channel are then 36 vectors of VW channels, its transforms a
 few dozen vector adds with no shuffles, and the loads and stores whole vectors; the tile row of a 41 x 41 image is
-11 tiles long, too short to fill vectors of tiles (an F(2x2) version with the tiles in the lanes spent as long in
-its transforms as its GEMMs saved: bench/RESULTS.md). The GEMM is ``bcast_gemm``'s register scheme
+11 tiles long, too short to fill vectors of tiles (an F(2x2, 3x3) version with the tiles in the lanes spent as
+long in its transforms as its GEMMs saved: bench/RESULTS.md). The GEMM is ``bcast_gemm``'s register scheme
 (P tiles x OV vectors of output channels, one V number broadcast at a time) with vector stores into M.
 
-F(4x4, 3x3): 36 multiplies per 16 outputs and channel pair, against 144 for the direct sum (4x fewer); the
-transform coefficients are 1, 2, 4, 5 and 8, so float32 loses ~10x more bits than the direct sum (measured in
-bench/RESULTS.md).
+F(4x4, 3x3): 36 multiplies per 16 outputs and channel pair, against 144 for the direct sum (4x fewer);
+F(2x2, 5x5): 36 per 4 against 100 (2.8x fewer). The transform coefficients are 1, 2, 4, 5 and 8, so float32
+loses ~10x more bits than the direct sum (measured in bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -66,11 +68,31 @@ def _a(f, g):
     return [g0, b.fadd(s02, s13), b.fsub(s02, s13), b.fadd(t02, t13), b.fsub(t02, t13), g3]
 
 
+def _at2(f, m):
+    """A^T m for F(2, 5) (A^T = [[1,1,1,1,1,0], [0,1,-1,2,-2,1]]): 2 vectors."""
+    b, (c, fma) = f.b, _consts(f)
+    m0, m1, m2, m3, m4, m5 = m
+    return [b.fadd(b.fadd(m0, b.fadd(m1, m2)), b.fadd(m3, m4)),
+            fma(c(2), b.fsub(m3, m4), b.fadd(b.fsub(m1, m2), m5))]
+
+
+def _a2(f, g):
+    """A g for F(2, 5) and a column g of 2 vectors (rows [1,0], [1,1], [1,-1], [1,2], [1,-2], [0,1]): 6 vectors."""
+    b, (c, fma) = f.b, _consts(f)
+    g0, g1 = g
+    return [g0, b.fadd(g0, g1), b.fsub(g0, g1), fma(c(2), g1, g0), fma(c(-2), g1, g0), g1]
+
+
+#: the output transform A^T and its adjoint A, by the tile's output size m (F(4x4, 3x3) and F(2x2, 5x5))
+_OUTPUT = {4: _at, 2: _at2}
+_ADJOINT = {4: _a, 2: _a2}
+
+
 def _build_patch(name, dtype, n, transform, with_sum):
     """name(X, SUM, OUT, OFFS, -, ntiles, CV, ROW, CP, LDO): for tile k < ntiles with its n x n patch's top-left at
     X[OFFS[k]] (NHWC, CP channels, rows ROW numbers apart) and each of the CV vectors of channels:
     OUT[xi * LDO + k * CP + channels] = (T d T^T)[xi], T the 6 x n ``transform``; with_sum: SUM[channels] += the
-    patch's sum. wino_in is (n, T) = (6, B^T), wino_gout (4, A) with the sum (the bias gradient)."""
+    patch's sum. wino_in is (n, T) = (6, B^T), wino_gout (m, A) with the sum (the bias gradient)."""
     f = _Function(name, dtype, 5, 1, 1)
     b, const, VW = f.b, f.const, f.VW
     X, SUM, OUT, OFFS, _, NT, CV, ROW, CP, LDO = f.fn.args
@@ -81,20 +103,19 @@ def _build_patch(name, dtype, n, transform, with_sum):
         def channels(cv):
             o = b.mul(cv, const(VW))
             at = b.add(off, o)
-            d = [[f.vector(X, b.add(at, b.add(b.mul(const(r), ROW), b.mul(const(s), CP)))) for s in range(n)]
-                 for r in range(n)]
-            q = [transform(f, [d[r][s] for r in range(n)]) for s in range(n)]  # q[s][r'] = (T d)[r', s]
+            q, total = [], None  # q[s][r'] = (T d)[r', s], column by column (loads next to their use: fewer spills)
+            for s in range(n):
+                col = [f.vector(X, b.add(at, b.add(b.mul(const(r), ROW), b.mul(const(s), CP)))) for r in range(n)]
+                q.append(transform(f, col))
+                if with_sum:
+                    for v in col:
+                        total = v if total is None else b.fadd(total, v)
             vo = b.add(vk, o)
             for r in range(6):
                 v = transform(f, [q[s][r] for s in range(n)])  # row r' of T d T^T
                 for s in range(6):
                     b.store(v[s], f.vector_ptr(OUT, b.add(b.mul(const(r * 6 + s), LDO), vo)), align=f.it)
             if with_sum:
-                total = d[0][0]
-                for r in range(n):
-                    for s in range(n):
-                        if r or s:
-                            total = b.fadd(total, d[r][s])
                 at_sum = f.vector_ptr(SUM, o)
                 b.store(b.fadd(b.load(at_sum, align=f.it), total), at_sum, align=f.it)
 
@@ -110,20 +131,20 @@ def _build_in(dtype):
     return _build_patch("wino_in", dtype, 6, _bt, False)
 
 
-def _build_gout(dtype):
+def _build_gout(dtype, m):
     """wgout(G, DB, DM, OFFS, -, ntiles, OVN, ROW, OP, LDM): DM[xi * LDM + k * OP + channels] = (A g A^T)[xi] for tile
-    k's 4 x 4 block g of the output gradient at G[OFFS[k]] (the adjoint of the output transform), and DB[channels]
+    k's m x m block g of the output gradient at G[OFFS[k]] (the adjoint of the output transform), and DB[channels]
     += the block's sum (the bias gradient)."""
-    return _build_patch("wino_gout", dtype, 4, _a, True)
+    return _build_patch("wino_gout", dtype, m, _ADJOINT[m], True)
 
 
-def _build_out(dtype, relu: bool):
+def _build_out(dtype, relu: bool, m):
     """wout(M, BIAS, OUT, TILES, -, ntiles, O, LDM, OP, LDO, WO): for tile k < ntiles, (o0, rows, cols) =
-    TILES[3 k .. 3 k + 2] (o0 the flat index of out[n, 0, 4 tr, 4 tc]) and each output channel o < O:
+    TILES[3 k .. 3 k + 2] (o0 the flat index of out[n, 0, m tr, m tc]) and each output channel o < O:
     out[o0 + o * LDO + i * WO + j] = (A^T M[:, k, o] A)[i, j] + BIAS[o] (max(., 0) with relu) for i < rows,
     j < cols, M[xi, k, o] at M[xi * LDM + k * OP + o]. (Whole vectors of channels, then a last one's lanes < O.)"""
     f = _Function("wino_out", dtype, 6, 1, 1)
-    b, const, VW = f.b, f.const, f.VW
+    b, const, VW, at_ = f.b, f.const, f.VW, _OUTPUT[m]
     M, BIAS, OUT, TILES, _, NT, O, LDM, OP, LDO, WO = f.fn.args
 
     def tile(k):
@@ -133,14 +154,14 @@ def _build_out(dtype, relu: bool):
         def channels(ov, tail=None):
             o = b.mul(ov, const(VW))
             at = b.add(mk, o)
-            m = [[f.vector(M, b.add(b.mul(const(r * 6 + s), LDM), at)) for s in range(6)] for r in range(6)]
-            q = [_at(f, [m[r][s] for r in range(6)]) for s in range(6)]  # q[s][i] = (A^T M)[i, s]
+            q = [at_(f, [f.vector(M, b.add(b.mul(const(r * 6 + s), LDM), at)) for r in range(6)])
+                 for s in range(6)]  # q[s][i] = (A^T M)[i, s], a column's loads next to their use
             bias = f.vector(BIAS, o)
             first = b.add(o0, b.mul(o, LDO))
-            for i in range(4):
+            for i in range(m):
                 with b.if_then(b.icmp_signed("<", const(i), rows)):
-                    y = _at(f, [q[s][i] for s in range(6)])  # row i of A^T M A
-                    for j in range(4):
+                    y = at_(f, [q[s][i] for s in range(6)])  # row i of A^T M A
+                    for j in range(m):
                         with b.if_then(b.icmp_signed("<", const(j), cols)):
                             v = b.fadd(y[j], bias)
                             if relu:  # (v <= 0 -> 0; a NaN stays NaN, as relu_forward)
@@ -239,12 +260,12 @@ def in_kernel(dtype):
     return _cached(_build_in, np.dtype(dtype))
 
 
-def out_kernel(dtype, relu: bool = False):
-    return _cached(_build_out, np.dtype(dtype), bool(relu))
+def out_kernel(dtype, relu: bool = False, m: int = 4):
+    return _cached(_build_out, np.dtype(dtype), bool(relu), int(m))
 
 
-def gout_kernel(dtype):
-    return _cached(_build_gout, np.dtype(dtype))
+def gout_kernel(dtype, m: int = 4):
+    return _cached(_build_gout, np.dtype(dtype), int(m))
 
 
 def gemm_kernel(P: int, OV: int, dtype, accumulate: bool = False):

@@ -13,8 +13,8 @@ One idea per file:
   vectors, the channels -- no junk columns, sums stored straight into the output), :mod:`.conv_polyphase` (3x3
   stride 2, 8-128 channels: the shifted kernel over the input's four polyphase images), :mod:`.conv_im2col`
   (everything else: per-band im2col + NumPy's BLAS; also the ``im2col`` / ``col2im`` kernels) and
-  :mod:`.winograd` (F(4x4, 3x3) in :mod:`.winograd_f4`: all three kernels of 3x3 stride-1 layers of >= 16
-  channels, of every 3x3 stride-1 layer with ``MINISR_CONV=winograd``);
+  :mod:`.winograd` (F(4x4, 3x3) and F(2x2, 5x5) in :mod:`.winograd_lanes`: all three kernels of 3x3 and 5x5
+  stride-1 layers of >= 16 channels, of every such layer with ``MINISR_CONV=winograd``);
 * :mod:`.bias`, :mod:`.activations`, :mod:`.batch_norm`, :mod:`.pixel_shuffle`, :mod:`.losses`, :mod:`.optim`,
   :mod:`.pooling` -- the other kernels;
 * :mod:`.fork` -- what a fork()ed child does (fresh locks; the reference kernels where GNU OpenMP cannot run).

@@ -1,6 +1,6 @@
 """The three conv kernels of the Numba backend, each choosing its path per layer: Winograd (:mod:`.winograd`:
-F(4x4, 3x3) for all three kernels of 3x3 stride-1 layers with >= 16 channels; of every 3x3 stride-1 layer with
-``MINISR_CONV=winograd``; none with ``direct``), shifted GEMMs on our own kernel (:mod:`.conv_shifted`:
+F(4x4, 3x3) and F(2x2, 5x5) for all three kernels of 3x3 and 5x5 stride-1 layers with >= 16 channels; of every
+such layer with ``MINISR_CONV=winograd``; none with ``direct``), shifted GEMMs on our own kernel (:mod:`.conv_shifted`:
 stride 1 with >= 8 channels, and a first layer's weight gradient; :mod:`.conv_polyphase`: 3x3 stride 2 with >= 8
 channels), or columns + BLAS (:mod:`.conv_im2col`: everything else).
 
@@ -26,8 +26,8 @@ def conv_forward(x, w2, kh, kw, sh, sw, ph, pw):
     _floats("conv_forward", x, w2)
     x, w2 = _c(x), _c(w2)
     C = x.shape[1]
-    if _winograd.use(C, w2.shape[0], kh, kw, sh, sw, ph, pw, x.dtype):  # 3x3 stride 1: F(4x4, 3x3)
-        return _winograd.conv_forward(x, w2, ph, pw)
+    if _winograd.use(C, w2.shape[0], kh, kw, sh, sw, ph, pw, x.dtype):  # 3x3 / 5x5 stride 1: F(4x4, 3x3) / F(2x2, 5x5)
+        return _winograd.conv_forward(x, w2, kh, ph, pw)
     if _shifted(x, C, sh, sw):
         return _conv_forward_shifted(x, w2, kh, kw, ph, pw)
     if _polyphase(x, C, kh, kw, sh, sw):
@@ -40,7 +40,7 @@ def conv_weight_grad(g, x, kh, kw, sh, sw, ph, pw):
     g, x = _c(g), _c(x)
     C = x.shape[1]
     if _winograd.use(C, g.shape[1], kh, kw, sh, sw, ph, pw, x.dtype, "weight_grad"):
-        return _winograd.conv_weight_grad(g, x, ph, pw)[0]
+        return _winograd.conv_weight_grad(g, x, kh, ph, pw)[0]
     if _shifted(x, C, sh, sw, kh, kw, weight_grad=True):
         return _conv_weight_grad_shifted(g, x, kh, kw, ph, pw)[0]
     if _polyphase(x, C, kh, kw, sh, sw):
@@ -53,7 +53,7 @@ def conv_input_grad(w2, g, x_shape, kh, kw, sh, sw, ph, pw):
     w2, g = _c(w2), _c(g)
     C = x_shape[1]
     if _winograd.use(C, w2.shape[0], kh, kw, sh, sw, ph, pw, g.dtype, "input_grad"):
-        return _winograd.conv_input_grad(w2, g, x_shape, ph, pw)
+        return _winograd.conv_input_grad(w2, g, x_shape, kh, ph, pw)
     if _shifted(g, C, sh, sw):
         return _conv_input_grad_shifted(w2, g, x_shape, kh, kw, ph, pw)
     if _polyphase(g, C, kh, kw, sh, sw):
@@ -75,7 +75,7 @@ def conv_fused_forward(x, w2, b, relu, kh, kw, sh, sw, ph, pw):
     C = x.shape[1]
     if fused() and (b is not None or relu):
         if _winograd.use(C, w2.shape[0], kh, kw, sh, sw, ph, pw, x.dtype):
-            return _winograd.conv_forward(x, w2, ph, pw, b, relu)
+            return _winograd.conv_forward(x, w2, kh, ph, pw, b, relu)
         if _shifted(x, C, sh, sw):
             return _conv_forward_shifted(x, w2, kh, kw, ph, pw, b, relu)
         if _polyphase(x, C, kh, kw, sh, sw):
@@ -104,9 +104,9 @@ def conv_fused_backward(g, y, x, w2, kh, kw, sh, sw, ph, pw, need_dx, need_dw, n
         gm = g if y is None else relu_backward(g, y)
     dx = dw = db = None
     if fuse_w and wino_w and fuse_x and wino_x:  # (one padded copy of g for both)
-        return _winograd.conv_backward(g, x, w2, ph, pw, y, need_db)
+        return _winograd.conv_backward(g, x, w2, kh, ph, pw, y, need_db)
     if fuse_w and wino_w:
-        dw, db = _winograd.conv_weight_grad(g, x, ph, pw, y, need_db)
+        dw, db = _winograd.conv_weight_grad(g, x, kh, ph, pw, y, need_db)
     elif fuse_w:
         dw, db = _conv_weight_grad_shifted(g, x, kh, kw, ph, pw, y, need_db)
     elif need_dw:
@@ -114,7 +114,7 @@ def conv_fused_backward(g, y, x, w2, kh, kw, sh, sw, ph, pw, need_dx, need_dw, n
     if need_db and db is None:
         db = bias_grad(gm)
     if fuse_x and wino_x:
-        dx = _winograd.conv_input_grad(w2, g, x.shape, ph, pw, y)
+        dx = _winograd.conv_input_grad(w2, g, x.shape, kh, ph, pw, y)
     elif fuse_x:
         dx = _conv_input_grad_shifted(w2, g, x.shape, kh, kw, ph, pw, y)
     elif need_dx:

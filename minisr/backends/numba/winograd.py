@@ -1,12 +1,12 @@
-"""Winograd F(4x4, 3x3) for the Numba backend's 3 x 3 stride-1 convolutions, padding <= 2: when it runs, and the
-conv kernels' signatures around :mod:`.winograd_f4` (the driver, channels in the SIMD lanes, on the LLVM kernels
-of :mod:`minisr.backends.winograd_kernel`). The math, as the paper's matrices, is in :mod:`winograd_reference`;
-docs/backprop.md has why it is exact and where float32 loses bits.
+"""Winograd F(4x4, 3x3) and F(2x2, 5x5) for the Numba backend's 3 x 3 and 5 x 5 stride-1 convolutions: when they
+run, and the conv kernels' signatures around :mod:`.winograd_lanes` (the driver, channels in the SIMD lanes, on
+the LLVM kernels of :mod:`minisr.backends.winograd_kernel`). The math, as the paper's matrices, is in
+:mod:`winograd_reference`; docs/backprop.md has why it is exact and where float32 loses bits.
 
-When (``use``): ``MINISR_CONV=direct`` never, ``winograd`` for every conv it can do (3 x 3, stride 1, padding
-<= 2, float32/64), ``auto`` (the default) for the kernels marked in ``AUTO`` (all three: forward, input and
-weight gradient) on layers with at least AUTO_MIN_CHANNELS input and output channels, where they beat the direct
-kernels (bench/RESULTS.md, "Winograd F(4x4, 3x3), channels in the lanes").
+When (``use``): ``MINISR_CONV=direct`` never, ``winograd`` for every conv it can do (3 x 3 or 5 x 5, stride 1,
+padding < the kernel size, float32/64), ``auto`` (the default) for the kernels marked in ``AUTO`` (all three:
+forward, input and weight gradient) on layers with at least AUTO_MIN_CHANNELS input and output channels, where
+they beat the direct kernels (bench/RESULTS.md, "Winograd F(4x4, 3x3), channels in the lanes" and "F(2x2, 5x5)").
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ import os
 import numpy as np
 
 from .. import shifted_kernel
-from . import winograd_f4
+from . import winograd_lanes
 
 AUTO_MIN_CHANNELS = 16
 AUTO = {"forward": True, "input_grad": True, "weight_grad": True}  # which kernels auto runs as Winograd
 _MODES = ("auto", "direct", "winograd")
+SIZES = (3, 5)  # the filter sizes: F(4x4, 3x3) and F(2x2, 5x5)
 
 
 def mode() -> str:
@@ -32,9 +33,9 @@ def mode() -> str:
 
 
 def possible(kh, kw, sh, sw, ph, pw, dtype) -> bool:
-    """Whether Winograd F(4x4, 3x3) applies: 3 x 3, stride 1, padding 0..2, float32/float64, and the kernels
-    compile."""
-    return (kh == kw == 3 and sh == sw == 1 and 0 <= ph <= 2 and 0 <= pw <= 2
+    """Whether Winograd applies: a 3 x 3 or 5 x 5 filter, stride 1, padding 0 .. size - 1, float32/float64, and the
+    kernels compile."""
+    return (kh == kw and kh in SIZES and sh == sw == 1 and 0 <= ph < kh and 0 <= pw < kw
             and np.dtype(dtype) in (np.float32, np.float64) and shifted_kernel.available())
 
 
@@ -47,45 +48,48 @@ def use(C, O, kh, kw, sh, sw, ph, pw, dtype, kernel="forward") -> bool:
     return m == "winograd" or (AUTO[kernel] and min(C, O) >= AUTO_MIN_CHANNELS)
 
 
-def conv_forward(x, w2, ph, pw, b=None, relu=False):
-    """conv.conv_forward for a 3 x 3 stride-1 layer, F(4x4, 3x3) (:mod:`.winograd_f4`): x (N, C, H, W), w2 (O, 9 C)
+def _filters(w2, C, k):
+    """w2 (O, k k C) as contiguous (O, C, k, k)."""
+    return np.ascontiguousarray(w2).reshape(w2.shape[0], C, k, k)
+
+
+def conv_forward(x, w2, k, ph, pw, b=None, relu=False):
+    """conv.conv_forward for a k x k stride-1 layer (:mod:`.winograd_lanes`): x (N, C, H, W), w2 (O, k k C)
     -> (N, O, Ho*Wo) (+ b, then ReLU when asked)."""
     x = np.ascontiguousarray(x)
-    O, C = w2.shape[0], x.shape[1]
-    out = winograd_f4.forward(x, np.ascontiguousarray(w2).reshape(O, C, 3, 3), b, relu, ph, pw)
-    return out.reshape(out.shape[0], O, -1)
+    out = winograd_lanes.forward(x, _filters(w2, x.shape[1], k), b, relu, ph, pw)
+    return out.reshape(out.shape[0], out.shape[1], -1)
 
 
-def _nchw(g, y, x_shape, O, ph, pw):
+def _nchw(g, y, x_shape, O, k, ph, pw):
     """g and y (or None) of a layer's output, (N, O, Ho*Wo) or any shape of that size, as contiguous (N, O, Ho, Wo)."""
     N, C, H, W = x_shape
-    shape = (N, O, H + 2 * ph - 2, W + 2 * pw - 2)
+    shape = (N, O, H + 2 * ph - k + 1, W + 2 * pw - k + 1)
     return np.ascontiguousarray(g).reshape(shape), None if y is None else np.ascontiguousarray(y).reshape(shape)
 
 
-def conv_input_grad(w2, g, x_shape, ph, pw, y=None):
-    """conv.conv_input_grad for a 3 x 3 stride-1 layer, F(4x4, 3x3): the forward on g (where y > 0, with y) with
-    the filter flipped and transposed, padding 2 - p."""
-    O, C = w2.shape[0], x_shape[1]
-    g4, y4 = _nchw(g, y, x_shape, O, ph, pw)
-    return winograd_f4.input_grad(np.ascontiguousarray(w2).reshape(O, C, 3, 3), g4, x_shape, ph, pw, y4)
+def conv_input_grad(w2, g, x_shape, k, ph, pw, y=None):
+    """conv.conv_input_grad for a k x k stride-1 layer: the forward on g (where y > 0, with y) with the filter
+    flipped and transposed, padding k - 1 - p."""
+    g4, y4 = _nchw(g, y, x_shape, w2.shape[0], k, ph, pw)
+    return winograd_lanes.input_grad(_filters(w2, x_shape[1], k), g4, x_shape, ph, pw, y4)
 
 
-def conv_weight_grad(g, x, ph, pw, y=None, need_db=False):
-    """conv.conv_weight_grad for a 3 x 3 stride-1 layer, F(4x4, 3x3): g (N, O, Ho*Wo) (where y > 0, with y), x (N, C,
-    H, W) -> (dw (O, 9 C), db (O,) or None)."""
+def conv_weight_grad(g, x, k, ph, pw, y=None, need_db=False):
+    """conv.conv_weight_grad for a k x k stride-1 layer: g (N, O, Ho*Wo) (where y > 0, with y), x (N, C, H, W)
+    -> (dw (O, k k C), db (O,) or None)."""
     x = np.ascontiguousarray(x)
     O = g.shape[1]
-    g4, y4 = _nchw(g, y, x.shape, O, ph, pw)
-    dw, db = winograd_f4.weight_grad(g4, x, ph, pw, y4, need_db)
+    g4, y4 = _nchw(g, y, x.shape, O, k, ph, pw)
+    dw, db = winograd_lanes.weight_grad(g4, x, ph, pw, y4, need_db)
     return dw.reshape(O, -1), db
 
 
-def conv_backward(g, x, w2, ph, pw, y=None, need_db=False):
-    """(dx, dw (O, 9 C), db or None) of a 3 x 3 stride-1 layer, F(4x4, 3x3), the two gradients sharing one padded
-    copy of g (where y > 0, with y)."""
+def conv_backward(g, x, w2, k, ph, pw, y=None, need_db=False):
+    """(dx, dw (O, k k C), db or None) of a k x k stride-1 layer, the two gradients sharing one padded copy of g
+    (where y > 0, with y)."""
     x = np.ascontiguousarray(x)
-    O, C = w2.shape[0], x.shape[1]
-    g4, y4 = _nchw(g, y, x.shape, O, ph, pw)
-    dx, dw, db = winograd_f4.backward(g4, x, np.ascontiguousarray(w2).reshape(O, C, 3, 3), y4, ph, pw, need_db)
+    O = w2.shape[0]
+    g4, y4 = _nchw(g, y, x.shape, O, k, ph, pw)
+    dx, dw, db = winograd_lanes.backward(g4, x, _filters(w2, x.shape[1], k), y4, ph, pw, need_db)
     return dx, dw.reshape(O, -1), db

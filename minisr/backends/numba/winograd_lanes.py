@@ -1,6 +1,7 @@
-"""Winograd F(4x4, 3x3) for 3 x 3 stride-1 convolutions -- forward, input gradient, weight gradient -- on the kernels
-of :mod:`minisr.backends.winograd_kernel` (the channels in the SIMD lanes; the math is in
-:mod:`minisr.backends.winograd_reference`, docs/backprop.md has why it is exact and where float32 loses bits).
+"""Winograd F(4x4, 3x3) and F(2x2, 5x5) for 3 x 3 and 5 x 5 stride-1 convolutions -- forward, input gradient,
+weight gradient -- on the kernels of :mod:`minisr.backends.winograd_kernel` (the channels in the SIMD lanes; the
+math is in :mod:`minisr.backends.winograd_reference`, docs/backprop.md has why it is exact and where float32 loses
+bits). Both take 6 x 6 patches of the input (m + r - 1 = 6 for an r x r filter and m x m output blocks):
 
     1. the input, zero-padded, as NHWC (channels padded to whole vectors)    xp       (an image per share)
     2. per chunk of ~_CHUNK_TILES tiles, in the worker's own scratch:       (a chunk per share)
@@ -9,10 +10,10 @@ of :mod:`minisr.backends.winograd_kernel` (the channels in the SIMD lanes; the m
            out tile k  = A^T M[:, k, o] A + b[o]          wino_out, straight into the NCHW output (ReLU'd if asked)
 
 The input gradient is the forward on the output gradient with the filter flipped and its channels swapped,
-padding 2 - p (as for the direct convolution). The weight gradient: V as above, dM = A g_k A^T (wino_gout, with
-the bias gradient), dU[xi] += dM[xi]^T V[xi] (wino_gemm accumulating, per thread), dw = G^T dU G. ``backward``
-makes the masked output gradient and its padded copy once for both gradients. :mod:`.winograd` says when this
-runs.
+padding r - 1 - p (as for the direct convolution). The weight gradient: V as above, dM = A g_k A^T (wino_gout,
+with the bias gradient), dU[xi] += dM[xi]^T V[xi] (wino_gemm accumulating, per thread), dw = G^T dU G.
+``backward`` makes the masked output gradient and its padded copy once for both gradients. :mod:`.winograd` says
+when this runs.
 """
 
 from __future__ import annotations
@@ -29,34 +30,37 @@ from .workspace import _empty, _scratch
 _CHUNK_TILES = 96  # tiles per chunk: V and M ~0.9 MB each at 64 channels (measured best of 48 / 96 / 192)
 
 
+_M = {3: 4, 5: 2}  # the output block m x m of an r x r filter (m + r - 1 = 6)
+
+
+def _matrix_g(r):
+    """G (6 x r) of F(m x m, r x r), float64."""
+    return _ref.matrices(_M[r], np.float64, r)[1]
+
+
 @njit(nogil=True, cache=True)
-def _packed_u(w, up):
+def _packed_u(w, Gm, up):
     """up[xi, g, c, j] = (G w[o, c] G^T)[xi] for o = g * OW + j (up: (36, groups, Cp, OW), zero where c >= C or
-    o >= O), in float64 and then rounded once. G = [[1/4, 0, 0], [-1/6, -1/6, -1/6], [-1/6, 1/6, -1/6],
-    [1/24, 1/12, 1/6], [1/24, -1/12, 1/6], [0, 0, 1]]."""
-    O, C = w.shape[0], w.shape[1]
+    o >= O), in float64 and then rounded once; Gm the 6 x r G in float64."""
+    O, C, r = w.shape[0], w.shape[1], w.shape[2]
     OW = up.shape[3]
     up[:] = 0
-    q = np.empty((6, 3))
+    q = np.empty((6, r))
     for o in range(O):
         g, j = o // OW, o % OW
         for c in range(C):
-            for b in range(3):  # q = G w (6 x 3)
-                a0, a1, a2 = np.float64(w[o, c, 0, b]), np.float64(w[o, c, 1, b]), np.float64(w[o, c, 2, b])
-                q[0, b] = a0 / 4
-                q[1, b] = -(a0 + a1 + a2) / 6
-                q[2, b] = -(a0 - a1 + a2) / 6
-                q[3, b] = a0 / 24 + a1 / 12 + a2 / 6
-                q[4, b] = a0 / 24 - a1 / 12 + a2 / 6
-                q[5, b] = a2
+            for a in range(6):  # q = G w (6 x r)
+                for b in range(r):
+                    t = 0.0
+                    for i in range(r):
+                        t += Gm[a, i] * np.float64(w[o, c, i, b])
+                    q[a, b] = t
             for a in range(6):  # (G w) G^T
-                a0, a1, a2 = q[a, 0], q[a, 1], q[a, 2]
-                up[6 * a + 0, g, c, j] = a0 / 4
-                up[6 * a + 1, g, c, j] = -(a0 + a1 + a2) / 6
-                up[6 * a + 2, g, c, j] = -(a0 - a1 + a2) / 6
-                up[6 * a + 3, g, c, j] = a0 / 24 + a1 / 12 + a2 / 6
-                up[6 * a + 4, g, c, j] = a0 / 24 - a1 / 12 + a2 / 6
-                up[6 * a + 5, g, c, j] = a2
+                for e in range(6):
+                    t = 0.0
+                    for i in range(r):
+                        t += q[a, i] * Gm[e, i]
+                    up[6 * a + e, g, c, j] = t
 
 
 def _pad_nhwc(x, xp, n, r0, r1, ph, pw):
@@ -109,6 +113,17 @@ def _padded(x, mask, rows, cols, channels, ph, pw):
     return xp
 
 
+def _planes(th, name, count, dtype):
+    """Thread th's scratch (36, ld) for 36 planes of count numbers each (V, M or dM of a chunk), ld >= count an odd
+    number of 64-byte lines: the 36 numbers of a tile (one per plane) then fall in different sets of the L1 cache.
+    (With ld = count, a multiple of 4 KB for 96 tiles of 64 or 32 channels, all 36 fell in one 8-way set and the
+    transforms ran 3x slower: bench/RESULTS.md, "F(2x2, 5x5)".)"""
+    it = np.dtype(dtype).itemsize
+    lines = _ceil(count * it, 64)
+    ld = (lines + 1 - lines % 2) * 64 // it
+    return _scratch(th, name, (36, ld), dtype), ld
+
+
 def _tiles(N, nth, ntw):
     """Each tile's image, tile row and tile column (t = (n * nth + tr) * ntw + tc)."""
     t = np.arange(N * nth * ntw)
@@ -116,46 +131,47 @@ def _tiles(N, nth, ntw):
 
 
 def forward(x, w, bias=None, relu=False, ph=1, pw=1, mask=None, xp=None):
-    """out (N, O, Ho, Wo) = conv2d(x, w (O, C, 3, 3), padding (ph, pw)) (+ bias, then ReLU when asked); with a
+    """out (N, O, Ho, Wo) = conv2d(x, w (O, C, r, r), padding (ph, pw)) (+ bias, then ReLU when asked); with a
     mask (x's shape), x is taken as 0 where mask <= 0 (the ReLU backward of the layer that made mask). xp: x
     already padded (``_padded``, at least as many rows and columns as needed), as ``backward`` shares it."""
     dt = x.dtype
     N, C, H, W = x.shape
-    O = w.shape[0]
+    O, r = w.shape[0], w.shape[2]
+    m = _M[r]
     P, OV, VW = wk.shape(O, dt)
     OW = OV * VW
     G = _ceil(O, OW)
     Op, Cp = G * OW, _ceil(C, VW) * VW
-    Ho, Wo = H + 2 * ph - 2, W + 2 * pw - 2
-    nth, ntw = _ceil(Ho, 4), _ceil(Wo, 4)
+    Ho, Wo = H + 2 * ph - r + 1, W + 2 * pw - r + 1
+    nth, ntw = _ceil(Ho, m), _ceil(Wo, m)
     if xp is None:
-        xp = _padded(x, mask, 4 * nth + 2, 4 * ntw + 2, Cp, ph, pw)
+        xp = _padded(x, mask, m * nth + r - 1, m * ntw + r - 1, Cp, ph, pw)
     Hp, Wp = xp.shape[1:3]
     up = np.empty((36, G, Cp, OW), dt)
-    _packed_u(w, up)
+    _packed_u(w, _matrix_g(r), up)
     bp = np.zeros(Op, dt)
     if bias is not None:
         bp[:O] = bias
     n, tr, tc = _tiles(N, nth, ntw)
-    in_offs = ((n * Hp + 4 * tr) * Wp + 4 * tc) * Cp
-    tiles = np.stack([((n * O) * Ho + 4 * tr) * Wo + 4 * tc, np.minimum(4, Ho - 4 * tr), np.minimum(4, Wo - 4 * tc)],
+    in_offs = ((n * Hp + m * tr) * Wp + m * tc) * Cp
+    tiles = np.stack([((n * O) * Ho + m * tr) * Wo + m * tc, np.minimum(m, Ho - m * tr), np.minimum(m, Wo - m * tc)],
                      axis=1)
     out = _empty((N, O, Ho, Wo), dt)
-    kin, kout, kgemm = wk.in_kernel(dt), wk.out_kernel(dt, relu), wk.gemm_kernel(P, OV, dt)
+    kin, kout, kgemm = wk.in_kernel(dt), wk.out_kernel(dt, relu, m), wk.gemm_kernel(P, OV, dt)
     it = x.itemsize
     Tp = _chunk_size(P, Cp, Op)
 
     def work(th, share):
-        V = _scratch(th, "wf4_V", (36, Tp, Cp), dt)
-        M = _scratch(th, "wf4_M", (36, Tp, Op), dt)
+        V, ldv = _planes(th, "wino_V", Tp * Cp, dt)
+        M, ldm = _planes(th, "wino_M", Tp * Op, dt)
         for t0, cnt in share:
             if cnt % P:
-                V[:, cnt:] = 0  # (the last block's rows past the chunk: finite numbers, never read back)
-            kin(xp.ctypes.data, 0, V.ctypes.data, in_offs[t0:].ctypes.data, 0, cnt, Cp // VW, Wp * Cp, Cp, Tp * Cp)
+                V[:, cnt * Cp:] = 0  # (the last block's rows past the chunk: finite numbers, never read back)
+            kin(xp.ctypes.data, 0, V.ctypes.data, in_offs[t0:].ctypes.data, 0, cnt, Cp // VW, Wp * Cp, Cp, ldv)
             for g in range(G):
                 kgemm(up.ctypes.data + g * Cp * OW * it, V.ctypes.data, M.ctypes.data + g * OW * it, 0, 0, Cp, 36,
-                      _ceil(cnt, P), G * Cp * OW, Tp * Cp, Tp * Op, OW, Cp, 1, Op)
-            kout(M.ctypes.data, bp.ctypes.data, out.ctypes.data, tiles[t0:].ctypes.data, 0, cnt, O, Tp * Op, Op,
+                      _ceil(cnt, P), G * Cp * OW, ldv, ldm, OW, Cp, 1, Op)
+            kout(M.ctypes.data, bp.ctypes.data, out.ctypes.data, tiles[t0:].ctypes.data, 0, cnt, O, ldm, Op,
                  Ho * Wo, Wo)
 
     _run(_chunks(N * nth * ntw, P, Tp), work, blas=False)
@@ -163,54 +179,58 @@ def forward(x, w, bias=None, relu=False, ph=1, pw=1, mask=None, xp=None):
 
 
 def input_grad(w, g, x_shape, ph, pw, y=None, gp=None):
-    """dx (N, C, H, W) of out = conv2d(x, w (O, C, 3, 3), padding (ph, pw)), g = dE/d(out) (N, O, Ho, Wo): the
-    forward on g with w flipped and transposed, padding 2 - p. With y (out after a ReLU), g where y > 0; gp: g
-    already padded (as ``backward`` shares it)."""
+    """dx (N, C, H, W) of out = conv2d(x, w (O, C, r, r), padding (ph, pw)), g = dE/d(out) (N, O, Ho, Wo): the
+    forward on g with w flipped and transposed, padding r - 1 - p. With y (out after a ReLU), g where y > 0; gp:
+    g already padded (as ``backward`` shares it)."""
+    r = w.shape[2]
     wf = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-    dx = forward(g, wf, None, False, 2 - ph, 2 - pw, y, gp)
+    dx = forward(g, wf, None, False, r - 1 - ph, r - 1 - pw, y, gp)
     assert dx.shape == tuple(x_shape)
     return dx
 
 
 @njit(nogil=True, cache=True)
 def _dw_from_du(du, k, dw):
-    """dw[o, c, a, b] = (G^T dU[:, o, c] G)[a, b] = sum_(x, y) k[3 a + b, 6 x + y] dU[6 x + y, o, c], with
-    k[3 a + b, 6 x + y] = G[x, a] G[y, b], summed in float64 (a loop over (o, c) that LLVM vectorises; NumPy's
+    """dw[o, c, a, b] = (G^T dU[:, o, c] G)[a, b] = sum_(x, y) k[r a + b, 6 x + y] dU[6 x + y, o, c], with
+    k[r a + b, 6 x + y] = G[x, a] G[y, b], summed in float64 (a loop over (o, c) that LLVM vectorises; NumPy's
     matmul here called OpenBLAS, whose spinning threads then slowed the next kernels of a training step)."""
-    O, C = dw.shape[0], dw.shape[1]
+    O, C, r = dw.shape[0], dw.shape[1], dw.shape[2]
     acc = np.empty(C)
     for o in range(O):
-        for ab in range(9):
+        for ab in range(r * r):
             acc[:] = 0.0
             for xy in range(36):
                 kk = k[ab, xy]
                 for c in range(C):
                     acc[c] += kk * du[xy, o, c]
             for c in range(C):
-                dw[o, c, ab // 3, ab % 3] = acc[c]
+                dw[o, c, ab // r, ab % r] = acc[c]
 
 
 def weight_grad(g, x, ph, pw, y=None, need_db=False, gp=None, at=(0, 0)):
-    """(dw (O, C, 3, 3), db (O,) or None) of out = conv2d(x, w, padding (ph, pw)) (+ b), g = dE/d(out); with y (out
-    after a ReLU), g where y > 0. dU[xi] = sum over tiles of dM[xi]^T V[xi], dM = A g_tile A^T (wino_gout, which
-    also sums db), V as in the forward, then dw = G^T dU G. gp: g already padded (``_padded``: the masked g at
-    row and column ``at``, 0 past its edges up to whole tiles), as ``backward`` shares it."""
+    """(dw (O, C, r, r), db (O,) or None) of out = conv2d(x, w, padding (ph, pw)) (+ b), g = dE/d(out) (r from
+    the shapes); with y (out after a ReLU), g where y > 0. dU[xi] = sum over tiles of dM[xi]^T V[xi], dM = A g_tile
+    A^T (wino_gout, which also sums db), V as in the forward, then dw = G^T dU G. gp: g already padded
+    (``_padded``: the masked g at row and column ``at``, 0 past its edges up to whole tiles), as ``backward``
+    shares it."""
     dt = x.dtype
     N, C, H, W = x.shape
     O = g.shape[1]
     VW = wk.shape(O, dt)[2]
     Op, Cp = _ceil(O, VW) * VW, _ceil(C, VW) * VW
     Ho, Wo = g.shape[2], g.shape[3]
-    nth, ntw = _ceil(Ho, 4), _ceil(Wo, 4)
-    Hp, Wp = 4 * nth + 2, 4 * ntw + 2
+    r = H + 2 * ph - Ho + 1
+    m = _M[r]
+    nth, ntw = _ceil(Ho, m), _ceil(Wo, m)
+    Hp, Wp = m * nth + r - 1, m * ntw + r - 1
     xp = _padded(x, None, Hp, Wp, Cp, ph, pw)
     if gp is None:
-        gp = _padded(g, y, 4 * nth, 4 * ntw, Op, 0, 0)
+        gp = _padded(g, y, m * nth, m * ntw, Op, 0, 0)
     Hg, Wg = gp.shape[1:3]
     n, tr, tc = _tiles(N, nth, ntw)
-    in_offs = ((n * Hp + 4 * tr) * Wp + 4 * tc) * Cp
-    g_offs = ((n * Hg + 4 * tr + at[0]) * Wg + 4 * tc + at[1]) * Op
-    kin, kgout = wk.in_kernel(dt), wk.gout_kernel(dt)
+    in_offs = ((n * Hp + m * tr) * Wp + m * tc) * Cp
+    g_offs = ((n * Hg + m * tr + at[0]) * Wg + m * tc + at[1]) * Op
+    kin, kgout = wk.in_kernel(dt), wk.gout_kernel(dt, m)
     groups = wk.dot_groups(Cp, dt)
     it = x.itemsize
     Tp = _chunk_size(1, Cp, Op)
@@ -219,34 +239,36 @@ def weight_grad(g, x, ph, pw, y=None, need_db=False, gp=None, at=(0, 0)):
     def work(th, share):
         du = parts[th] = np.zeros((36, Op, Cp), dt)
         db = dbs[th] = np.zeros(Op, dt)
-        V = _scratch(th, "wf4_V", (36, Tp, Cp), dt)
-        dM = _scratch(th, "wf4_M", (36, Tp, Op), dt)
+        V, ldv = _planes(th, "wino_V", Tp * Cp, dt)
+        dM, ldm = _planes(th, "wino_M", Tp * Op, dt)
         for t0, cnt in share:
-            kin(xp.ctypes.data, 0, V.ctypes.data, in_offs[t0:].ctypes.data, 0, cnt, Cp // VW, Wp * Cp, Cp, Tp * Cp)
+            kin(xp.ctypes.data, 0, V.ctypes.data, in_offs[t0:].ctypes.data, 0, cnt, Cp // VW, Wp * Cp, Cp, ldv)
             kgout(gp.ctypes.data, db.ctypes.data, dM.ctypes.data, g_offs[t0:].ctypes.data, 0, cnt, Op // VW,
-                  Wg * Op, Op, Tp * Op)
+                  Wg * Op, Op, ldm)
             for c0, _, P, kern in groups:  # du[xi, o, c0 ..] += sum_k dM[xi, k, o] V[xi, k, c0 ..]
                 kern(V.ctypes.data + c0 * it, dM.ctypes.data, du.ctypes.data + c0 * it, 0, 0, cnt, 36, Op // P,
-                     Tp * Cp, Tp * Op, Op * Cp, Cp, 1, Op, Cp)
+                     ldv, ldm, Op * Cp, Cp, 1, Op, Cp)
 
     _run(_chunks(N * nth * ntw, 1, Tp), work, blas=False)
-    Gm = _ref.matrices(4, np.float64)[1]
-    dw = np.empty((O, C, 3, 3), dt)
-    _dw_from_du(_sum_parts(parts), np.einsum("xa,yb->abxy", Gm, Gm).reshape(9, 36), dw)
+    Gm = _matrix_g(r)
+    dw = np.empty((O, C, r, r), dt)
+    _dw_from_du(_sum_parts(parts), np.einsum("xa,yb->abxy", Gm, Gm).reshape(r * r, 36), dw)
     return dw, (_sum_parts(dbs)[:O] if need_db else None)
 
 
 def backward(g, x, w, y, ph, pw, need_db):
     """(dx, dw, db or None) of out = conv2d(x, w, padding (ph, pw)) (+ b), g = dE/d(out), y = out after a ReLU
-    or None: the masked g is made and padded once, for both gradients (the input gradient's padding 2 - p,
+    or None: the masked g is made and padded once, for both gradients (the input gradient's padding r - 1 - p,
     with rows and columns enough for the weight gradient's whole tiles)."""
     N, C, H, W = x.shape
     O, Ho, Wo = g.shape[1:]
+    r = w.shape[2]
+    m = _M[r]
     VW = wk.shape(O, g.dtype)[2]
     gm = g if y is None else relu_backward(g, y)
-    ah, aw = 2 - ph, 2 - pw
-    rows = max(4 * _ceil(H, 4) + 2, ah + 4 * _ceil(Ho, 4))
-    cols = max(4 * _ceil(W, 4) + 2, aw + 4 * _ceil(Wo, 4))
+    ah, aw = r - 1 - ph, r - 1 - pw
+    rows = max(m * _ceil(H, m) + r - 1, ah + m * _ceil(Ho, m))
+    cols = max(m * _ceil(W, m) + r - 1, aw + m * _ceil(Wo, m))
     gp = _padded(gm, None, rows, cols, _ceil(O, VW) * VW, ah, aw)
     dx = input_grad(w, gm, x.shape, ph, pw, gp=gp)
     dw, db = weight_grad(gm, x, ph, pw, None, need_db, gp, (ah, aw))
