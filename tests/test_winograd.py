@@ -140,6 +140,8 @@ def test_numba_winograd_chunks_across_images(dt, k, p, monkeypatch):
     out, dx, dw = _direct(x.astype(np.float64), w.astype(np.float64), g.astype(np.float64), p)
     N, O = x.shape[0], w.shape[0]
     monkeypatch.setattr(winograd_lanes, "_CHUNK_TILES", 1)  # one block of the GEMM per chunk
+    monkeypatch.setattr(winograd_lanes, "_GROUP_BYTES", 2 * 16 * 16 * 16 * np.dtype(dt).itemsize)  # 2 images a group
+    assert winograd_lanes._groups(5, 16 * 16 * 16 * np.dtype(dt).itemsize) == [(0, 2), (2, 4), (4, 5)]
     assert len(winograd_lanes._chunks(5 * 3 * 4, 6, winograd_lanes._chunk_size(6, 16, 16))) == 10
     assert winograd_lanes._chunk_size(1, 16, 16) == 4  # (the weight gradient's: any number of tiles)
     for threads in (1, 2):
@@ -148,6 +150,22 @@ def test_numba_winograd_chunks_across_images(dt, k, p, monkeypatch):
         dx_got = winograd.conv_input_grad(w.reshape(O, -1), g.reshape(N, O, -1), x.shape, k, p, p)
         assert _rel(dx_got, dx) < TOL4[dt]
         assert _rel(winograd.conv_weight_grad(g.reshape(N, O, -1), x, k, p, p)[0].reshape(w.shape), dw) < TOL4[dt]
+        dx2, dw2, _ = winograd.conv_backward(g.reshape(N, O, -1), x, w.reshape(O, -1), k, p, p)  # (group by group)
+        assert _rel(dx2, dx) < TOL4[dt] and _rel(dw2.reshape(w.shape), dw) < TOL4[dt]
+
+
+def test_groups_cover_the_batch():
+    """The batch in equal groups of images (the last one smaller) of about _GROUP_BYTES of copies, at least one
+    image each."""
+    from minisr.backends.numba import winograd_lanes
+
+    for N, image_bytes in [(128, 173_056), (16, 541_696), (1, 68 << 20), (7, 1), (5, 3 << 20)]:
+        groups = winograd_lanes._groups(N, image_bytes)
+        assert [n for a, b in groups for n in range(a, b)] == list(range(N))
+        sizes = [b - a for a, b in groups]
+        assert all(s == sizes[0] for s in sizes[:-1]) and 0 < sizes[-1] <= sizes[0]
+        assert sizes[0] == 1 or sizes[0] * image_bytes <= 2 * winograd_lanes._GROUP_BYTES
+    assert winograd_lanes._groups(128, 173_056) == [(0, 64), (64, 128)]  # SRCNN's layer 2: two groups of 11 MB
 
 
 def test_planes_spread_over_the_cache_sets():

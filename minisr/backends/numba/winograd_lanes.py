@@ -3,17 +3,17 @@ weight gradient -- on the kernels of :mod:`minisr.backends.winograd_kernel` (the
 math is in :mod:`minisr.backends.winograd_reference`, docs/backprop.md has why it is exact and where float32 loses
 bits). Both take 6 x 6 patches of the input (m + r - 1 = 6 for an r x r filter and m x m output blocks):
 
-    1. the input, zero-padded, as NHWC (channels padded to whole vectors)    xp       (an image per share)
-    2. per chunk of ~_CHUNK_TILES tiles, in the worker's own scratch:       (a chunk per share)
-           V[xi, k, c] = (B^T d_k B)[xi]                  wino_in
-           M[xi, k, :] = V[xi, k, :] @ U[xi]              wino_gemm, U[xi] = (G w G^T)[xi] (C x O), once per call
-           out tile k  = A^T M[:, k, o] A + b[o]          wino_out, straight into the NCHW output (ReLU'd if asked)
+    per group of images (their copies ~_GROUP_BYTES together):
+        1. the group, zero-padded, as NHWC (channels padded to whole vectors)    xp   (an image per share)
+        2. per chunk of ~_CHUNK_TILES tiles, in the worker's own scratch:       (a chunk per share)
+               V[xi, k, c] = (B^T d_k B)[xi]              wino_in
+               M[xi, k, :] = V[xi, k, :] @ U[xi]          wino_gemm, U[xi] = (G w G^T)[xi] (C x O), once per call
+               out tile k  = A^T M[:, k, o] A + b[o]      wino_out, straight into the NCHW output (ReLU'd if asked)
 
 The input gradient is the forward on the output gradient with the filter flipped and its channels swapped,
 padding r - 1 - p (as for the direct convolution). The weight gradient: V as above, dM = A g_k A^T (wino_gout,
-with the bias gradient), dU[xi] += dM[xi]^T V[xi] (wino_gemm accumulating, per thread), dw = G^T dU G.
-``backward`` makes the masked output gradient and its padded copy once for both gradients. :mod:`.winograd` says
-when this runs.
+with the bias gradient; g's group copied as x's), dU[xi] += dM[xi]^T V[xi] (wino_gemm accumulating, per
+thread), dw = G^T dU G. :mod:`.winograd` says when this runs.
 """
 
 from __future__ import annotations
@@ -28,6 +28,10 @@ from .threads import _run, _sum_parts
 from .workspace import _empty, _scratch
 
 _CHUNK_TILES = 96  # tiles per chunk: V and M ~0.9 MB each at 64 channels (measured best of 48 / 96 / 192)
+# the NHWC copies of a pass: a batch whose copies take more than this is copied and run a group of images at a time
+# (SRCNN's layer 2: 22 MB, whose copies took its step's peak memory from 0.8 to 1.3x PyTorch's); VDSR's and EDSR's
+# batches (9-12 MB) stay one group, whose backward copies the output gradient once for both gradients
+_GROUP_BYTES = 12 << 20
 
 
 _M = {3: 4, 5: 2}  # the output block m x m of an r x r filter (m + r - 1 = 6)
@@ -89,18 +93,29 @@ def _chunk_size(P, Cp, Op):
 
 
 def _chunks(total, P, size):
-    """[(t0, count)]: runs of at most size tiles, multiples of P (but the last), two or more when there are
-    tiles enough for two threads."""
-    n = max(_ceil(total, size), min(2, _ceil(total, P)))
+    """[(t0, count)]: runs of at most size tiles, multiples of P (but the last), an even number of them when there
+    are tiles enough for two (so that two threads get equal shares)."""
+    n = _ceil(total, size)
+    n = min(n + n % 2, _ceil(total, P))
     size = _ceil(_ceil(total, n), P) * P
     return [(t0, min(size, total - t0)) for t0 in range(0, total, size)]
 
 
+def _groups(N, image_bytes):
+    """[(n0, n1)]: the batch in groups of images whose padded NHWC copies take about _GROUP_BYTES together (at
+    least one image each, equal groups), copied and run one after the other."""
+    per = max(1, _GROUP_BYTES // max(image_bytes, 1))
+    per = _ceil(N, _ceil(N, per))
+    return [(n0, min(n0 + per, N)) for n0 in range(0, N, per)]
+
+
 def _padded(x, mask, rows, cols, channels, ph, pw):
     """x (N, C, H, W) (where mask > 0, with a mask: ReLU's backward) as a zero-padded NHWC array (N, rows, cols,
-    channels), x at (ph, pw), on the worker threads (an image each, or a single image's two halves)."""
+    channels), x at (ph, pw), on the worker threads (an image each, or a single image's two halves). (np.empty,
+    not the workspace cache: its many sizes made the cache drop and remake buffers every step, and the heap
+    grew by ~35 MB in an SRCNN step.)"""
     N = x.shape[0]
-    xp = _empty((N, rows, cols, channels), x.dtype)
+    xp = np.empty((N, rows, cols, channels), x.dtype)
     if mask is not None:  # (as fast in a VDSR / EDSR step as a masked copy in Numba, measured)
         x = relu_backward(x, mask)
 
@@ -130,10 +145,11 @@ def _tiles(N, nth, ntw):
     return t // (nth * ntw), (t // ntw) % nth, t % ntw
 
 
-def forward(x, w, bias=None, relu=False, ph=1, pw=1, mask=None, xp=None):
+def forward(x, w, bias=None, relu=False, ph=1, pw=1, mask=None, xp=None, out=None):
     """out (N, O, Ho, Wo) = conv2d(x, w (O, C, r, r), padding (ph, pw)) (+ bias, then ReLU when asked); with a
-    mask (x's shape), x is taken as 0 where mask <= 0 (the ReLU backward of the layer that made mask). xp: x
-    already padded (``_padded``, at least as many rows and columns as needed), as ``backward`` shares it."""
+    mask (x's shape), x is taken as 0 where mask <= 0 (the ReLU backward of the layer that made mask). xp: the
+    whole batch already padded (``_padded``, at least as many rows and columns as needed), as ``backward``
+    shares it; out: where to write (C-contiguous), else a new array."""
     dt = x.dtype
     N, C, H, W = x.shape
     O, r = w.shape[0], w.shape[2]
@@ -144,47 +160,58 @@ def forward(x, w, bias=None, relu=False, ph=1, pw=1, mask=None, xp=None):
     Op, Cp = G * OW, _ceil(C, VW) * VW
     Ho, Wo = H + 2 * ph - r + 1, W + 2 * pw - r + 1
     nth, ntw = _ceil(Ho, m), _ceil(Wo, m)
-    if xp is None:
-        xp = _padded(x, mask, m * nth + r - 1, m * ntw + r - 1, Cp, ph, pw)
-    Hp, Wp = xp.shape[1:3]
+    Hp, Wp = m * nth + r - 1, m * ntw + r - 1
     up = np.empty((36, G, Cp, OW), dt)
     _packed_u(w, _matrix_g(r), up)
     bp = np.zeros(Op, dt)
     if bias is not None:
         bp[:O] = bias
-    n, tr, tc = _tiles(N, nth, ntw)
-    in_offs = ((n * Hp + m * tr) * Wp + m * tc) * Cp
-    tiles = np.stack([((n * O) * Ho + m * tr) * Wo + m * tc, np.minimum(m, Ho - m * tr), np.minimum(m, Wo - m * tc)],
-                     axis=1)
-    out = _empty((N, O, Ho, Wo), dt)
+    if out is None:
+        out = _empty((N, O, Ho, Wo), dt)
+    assert out.shape == (N, O, Ho, Wo) and out.dtype == dt and out.flags.c_contiguous
     kin, kout, kgemm = wk.in_kernel(dt), wk.out_kernel(dt, relu, m), wk.gemm_kernel(P, OV, dt)
     it = x.itemsize
     Tp = _chunk_size(P, Cp, Op)
 
-    def work(th, share):
-        V, ldv = _planes(th, "wino_V", Tp * Cp, dt)
-        M, ldm = _planes(th, "wino_M", Tp * Op, dt)
-        for t0, cnt in share:
-            if cnt % P:
-                V[:, cnt * Cp:] = 0  # (the last block's rows past the chunk: finite numbers, never read back)
-            kin(xp.ctypes.data, 0, V.ctypes.data, in_offs[t0:].ctypes.data, 0, cnt, Cp // VW, Wp * Cp, Cp, ldv)
-            for g in range(G):
-                kgemm(up.ctypes.data + g * Cp * OW * it, V.ctypes.data, M.ctypes.data + g * OW * it, 0, 0, Cp, 36,
-                      _ceil(cnt, P), G * Cp * OW, ldv, ldm, OW, Cp, 1, Op)
-            kout(M.ctypes.data, bp.ctypes.data, out.ctypes.data, tiles[t0:].ctypes.data, 0, cnt, O, ldm, Op,
-                 Ho * Wo, Wo)
+    def group(n0, n1, xp=None):  # images n0 .. n1 - 1
+        if xp is None:
+            xp = _padded(x[n0:n1], None if mask is None else mask[n0:n1], Hp, Wp, Cp, ph, pw)
+        Hx, Wx = xp.shape[1:3]
+        n, tr, tc = _tiles(n1 - n0, nth, ntw)
+        in_offs = ((n * Hx + m * tr) * Wx + m * tc) * Cp
+        tiles = np.stack([(((n + n0) * O) * Ho + m * tr) * Wo + m * tc, np.minimum(m, Ho - m * tr),
+                          np.minimum(m, Wo - m * tc)], axis=1)
 
-    _run(_chunks(N * nth * ntw, P, Tp), work, blas=False)
+        def work(th, share):
+            V, ldv = _planes(th, "wino_V", Tp * Cp, dt)
+            M, ldm = _planes(th, "wino_M", Tp * Op, dt)
+            for t0, cnt in share:
+                if cnt % P:
+                    V[:, cnt * Cp:] = 0  # (the last block's rows past the chunk: finite numbers, never read back)
+                kin(xp.ctypes.data, 0, V.ctypes.data, in_offs[t0:].ctypes.data, 0, cnt, Cp // VW, Wx * Cp, Cp, ldv)
+                for g in range(G):
+                    kgemm(up.ctypes.data + g * Cp * OW * it, V.ctypes.data, M.ctypes.data + g * OW * it, 0, 0, Cp,
+                          36, _ceil(cnt, P), G * Cp * OW, ldv, ldm, OW, Cp, 1, Op)
+                kout(M.ctypes.data, bp.ctypes.data, out.ctypes.data, tiles[t0:].ctypes.data, 0, cnt, O, ldm, Op,
+                     Ho * Wo, Wo)
+
+        _run(_chunks(len(n), P, Tp), work, blas=False)
+
+    if xp is not None:
+        group(0, N, xp)
+    else:
+        for n0, n1 in _groups(N, Hp * Wp * Cp * it):
+            group(n0, n1)
     return out
 
 
-def input_grad(w, g, x_shape, ph, pw, y=None, gp=None):
+def input_grad(w, g, x_shape, ph, pw, y=None, gp=None, out=None):
     """dx (N, C, H, W) of out = conv2d(x, w (O, C, r, r), padding (ph, pw)), g = dE/d(out) (N, O, Ho, Wo): the
     forward on g with w flipped and transposed, padding r - 1 - p. With y (out after a ReLU), g where y > 0; gp:
-    g already padded (as ``backward`` shares it)."""
+    g already padded (as ``backward`` shares it); out: where to write dx."""
     r = w.shape[2]
     wf = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-    dx = forward(g, wf, None, False, r - 1 - ph, r - 1 - pw, y, gp)
+    dx = forward(g, wf, None, False, r - 1 - ph, r - 1 - pw, y, gp, out)
     assert dx.shape == tuple(x_shape)
     return dx
 
@@ -210,9 +237,9 @@ def _dw_from_du(du, k, dw):
 def weight_grad(g, x, ph, pw, y=None, need_db=False, gp=None, at=(0, 0)):
     """(dw (O, C, r, r), db (O,) or None) of out = conv2d(x, w, padding (ph, pw)) (+ b), g = dE/d(out) (r from
     the shapes); with y (out after a ReLU), g where y > 0. dU[xi] = sum over tiles of dM[xi]^T V[xi], dM = A g_tile
-    A^T (wino_gout, which also sums db), V as in the forward, then dw = G^T dU G. gp: g already padded
-    (``_padded``: the masked g at row and column ``at``, 0 past its edges up to whole tiles), as ``backward``
-    shares it."""
+    A^T (wino_gout, which also sums db), V as in the forward, then dw = G^T dU G; group by group of images, as
+    the forward (x's and g's copies). gp: the whole batch's g already padded (``_padded``: the masked g at row
+    and column ``at``, 0 past its edges up to whole tiles), as ``backward`` shares it."""
     dt = x.dtype
     N, C, H, W = x.shape
     O = g.shape[1]
@@ -222,34 +249,43 @@ def weight_grad(g, x, ph, pw, y=None, need_db=False, gp=None, at=(0, 0)):
     r = H + 2 * ph - Ho + 1
     m = _M[r]
     nth, ntw = _ceil(Ho, m), _ceil(Wo, m)
-    Hp, Wp = m * nth + r - 1, m * ntw + r - 1
-    xp = _padded(x, None, Hp, Wp, Cp, ph, pw)
-    if gp is None:
-        gp = _padded(g, y, m * nth, m * ntw, Op, 0, 0)
-    Hg, Wg = gp.shape[1:3]
-    n, tr, tc = _tiles(N, nth, ntw)
-    in_offs = ((n * Hp + m * tr) * Wp + m * tc) * Cp
-    g_offs = ((n * Hg + m * tr + at[0]) * Wg + m * tc + at[1]) * Op
+    Hp, Wp, Hg, Wg = m * nth + r - 1, m * ntw + r - 1, m * nth, m * ntw
     kin, kgout = wk.in_kernel(dt), wk.gout_kernel(dt, m)
-    groups = wk.dot_groups(Cp, dt)
+    dots = wk.dot_groups(Cp, dt)
     it = x.itemsize
     Tp = _chunk_size(1, Cp, Op)
-    parts, dbs = {}, {}
+    parts, dbs = {}, {}  # per thread, summed over the groups
 
-    def work(th, share):
-        du = parts[th] = np.zeros((36, Op, Cp), dt)
-        db = dbs[th] = np.zeros(Op, dt)
-        V, ldv = _planes(th, "wino_V", Tp * Cp, dt)
-        dM, ldm = _planes(th, "wino_M", Tp * Op, dt)
-        for t0, cnt in share:
-            kin(xp.ctypes.data, 0, V.ctypes.data, in_offs[t0:].ctypes.data, 0, cnt, Cp // VW, Wp * Cp, Cp, ldv)
-            kgout(gp.ctypes.data, db.ctypes.data, dM.ctypes.data, g_offs[t0:].ctypes.data, 0, cnt, Op // VW,
-                  Wg * Op, Op, ldm)
-            for c0, _, P, kern in groups:  # du[xi, o, c0 ..] += sum_k dM[xi, k, o] V[xi, k, c0 ..]
-                kern(V.ctypes.data + c0 * it, dM.ctypes.data, du.ctypes.data + c0 * it, 0, 0, cnt, 36, Op // P,
-                     ldv, ldm, Op * Cp, Cp, 1, Op, Cp)
+    def group(n0, n1, gp=None, at=(0, 0)):  # images n0 .. n1 - 1
+        xp = _padded(x[n0:n1], None, Hp, Wp, Cp, ph, pw)
+        if gp is None:
+            gp = _padded(g[n0:n1], None if y is None else y[n0:n1], Hg, Wg, Op, 0, 0)
+        Hq, Wq = gp.shape[1:3]
+        n, tr, tc = _tiles(n1 - n0, nth, ntw)
+        in_offs = ((n * Hp + m * tr) * Wp + m * tc) * Cp
+        g_offs = ((n * Hq + m * tr + at[0]) * Wq + m * tc + at[1]) * Op
 
-    _run(_chunks(N * nth * ntw, 1, Tp), work, blas=False)
+        def work(th, share):
+            if th not in parts:
+                parts[th], dbs[th] = np.zeros((36, Op, Cp), dt), np.zeros(Op, dt)
+            du, db = parts[th], dbs[th]
+            V, ldv = _planes(th, "wino_V", Tp * Cp, dt)
+            dM, ldm = _planes(th, "wino_M", Tp * Op, dt)
+            for t0, cnt in share:
+                kin(xp.ctypes.data, 0, V.ctypes.data, in_offs[t0:].ctypes.data, 0, cnt, Cp // VW, Wp * Cp, Cp, ldv)
+                kgout(gp.ctypes.data, db.ctypes.data, dM.ctypes.data, g_offs[t0:].ctypes.data, 0, cnt, Op // VW,
+                      Wq * Op, Op, ldm)
+                for c0, _, P, kern in dots:  # du[xi, o, c0 ..] += sum_k dM[xi, k, o] V[xi, k, c0 ..]
+                    kern(V.ctypes.data + c0 * it, dM.ctypes.data, du.ctypes.data + c0 * it, 0, 0, cnt, 36, Op // P,
+                         ldv, ldm, Op * Cp, Cp, 1, Op, Cp)
+
+        _run(_chunks(len(n), 1, Tp), work, blas=False)
+
+    if gp is not None:
+        group(0, N, gp, at)
+    else:
+        for n0, n1 in _groups(N, (Hp * Wp * Cp + Hg * Wg * Op) * it):
+            group(n0, n1)
     Gm = _matrix_g(r)
     dw = np.empty((O, C, r, r), dt)
     _dw_from_du(_sum_parts(parts), np.einsum("xa,yb->abxy", Gm, Gm).reshape(r * r, 36), dw)
@@ -258,19 +294,27 @@ def weight_grad(g, x, ph, pw, y=None, need_db=False, gp=None, at=(0, 0)):
 
 def backward(g, x, w, y, ph, pw, need_db):
     """(dx, dw, db or None) of out = conv2d(x, w, padding (ph, pw)) (+ b), g = dE/d(out), y = out after a ReLU
-    or None: the masked g is made and padded once, for both gradients (the input gradient's padding r - 1 - p,
-    with rows and columns enough for the weight gradient's whole tiles)."""
+    or None, group by group of images (one group for most batches): the group's masked g is made and padded once,
+    for both gradients (the input gradient's padding r - 1 - p, with rows and columns enough for the weight
+    gradient's whole tiles)."""
     N, C, H, W = x.shape
     O, Ho, Wo = g.shape[1:]
     r = w.shape[2]
     m = _M[r]
     VW = wk.shape(O, g.dtype)[2]
-    gm = g if y is None else relu_backward(g, y)
+    Op = _ceil(O, VW) * VW
     ah, aw = r - 1 - ph, r - 1 - pw
     rows = max(m * _ceil(H, m) + r - 1, ah + m * _ceil(Ho, m))
     cols = max(m * _ceil(W, m) + r - 1, aw + m * _ceil(Wo, m))
-    gp = _padded(gm, None, rows, cols, _ceil(O, VW) * VW, ah, aw)
-    dx = input_grad(w, gm, x.shape, ph, pw, gp=gp)
-    dw, db = weight_grad(gm, x, ph, pw, None, need_db, gp, (ah, aw))
+    groups = _groups(N, rows * cols * Op * g.itemsize)
+    dx = _empty(x.shape, x.dtype) if len(groups) > 1 else None
+    dw = db = None
+    for n0, n1 in groups:
+        gp = _padded(g[n0:n1], None if y is None else y[n0:n1], rows, cols, Op, ah, aw)
+        dw_g, db_g = weight_grad(g[n0:n1], x[n0:n1], ph, pw, None, need_db, gp, (ah, aw))  # (g: only its shape)
+        dx_g = input_grad(w, g[n0:n1], (n1 - n0, C, H, W), ph, pw, gp=gp, out=None if dx is None else dx[n0:n1])
+        if dx is None:
+            return dx_g, dw_g, db_g
+        dw = dw_g if dw is None else dw + dw_g
+        db = db_g if db is None else db + db_g
     return dx, dw, db
-
