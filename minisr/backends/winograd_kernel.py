@@ -103,7 +103,7 @@ def _build_patch(name, dtype, n, transform, with_sum):
         def channels(cv):
             o = b.mul(cv, const(VW))
             at = b.add(off, o)
-            q, total = [], None  # q[s][r'] = (T d)[r', s], column by column (loads next to their use: fewer spills)
+            q, total = [], None  # q[s][r'] = (T d)[r', s], column by column
             for s in range(n):
                 col = [f.vector(X, b.add(at, b.add(b.mul(const(r), ROW), b.mul(const(s), CP)))) for r in range(n)]
                 q.append(transform(f, col))
@@ -155,7 +155,7 @@ def _build_out(dtype, relu: bool, m):
             o = b.mul(ov, const(VW))
             at = b.add(mk, o)
             q = [at_(f, [f.vector(M, b.add(b.mul(const(r * 6 + s), LDM), at)) for r in range(6)])
-                 for s in range(6)]  # q[s][i] = (A^T M)[i, s], a column's loads next to their use
+                 for s in range(6)]  # q[s][i] = (A^T M)[i, s]
             bias = f.vector(BIAS, o)
             first = b.add(o0, b.mul(o, LDO))
             for i in range(m):
