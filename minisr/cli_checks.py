@@ -239,6 +239,8 @@ def check_train(parser, args, recipes: dict) -> None:
                          "was started with (only --epochs, --steps and --out apply); start a new run (--init "
                          "its weights) to change them")
         return
+    if args.init_matching and not args.init:
+        fail(parser, "--init-matching says how to load --init weights: give --init too")
     model_cfg = recipes[args.model].get("model", {})
     for dest, key in _MODEL_OPTIONS.items():
         value = getattr(args, dest, None)

@@ -173,6 +173,7 @@ class Config:
     data_root: str | None = None
     init: str | None = None
     train_only: str | None = None
+    init_matching: bool = False
     model_cfg: dict = field(default_factory=dict)
 
     @property
@@ -305,22 +306,36 @@ class Trainer:
     def _init_from(self, spec: str) -> None:
         """Load ``--init`` weights; another architecture or config, or another scale for a model that enlarges by
         itself (EDSR), is an error naming both. SRCNN/VDSR weights work at any scale (their input is already
-        enlarged), so another scale is only noted."""
+        enlarged), so another scale is only noted. ``--init-matching`` loads only the parameters whose names and
+        shapes agree and leaves the rest as initialised (EDSR x2 from x4: everything but the second upsampling
+        stage, as EDSR's x3/x4 start from its x2 with a fresh upsampler)."""
         src, meta = models.load(spec)
         cfg, mine = self.cfg, self.model.config
         theirs = f"{meta['model']} x{meta.get('scale')} ({_describe(meta['config'])})"
         ours = f"{cfg.model} x{cfg.scale} ({_describe(mine)})"
-        shapes = {k: v.shape for k, v in src.state_dict().items()}
-        same = meta["model"] == cfg.model and shapes == {k: v.shape for k, v in self.model.state_dict().items()}
+        state, own = src.state_dict(), self.model.state_dict()
+        if cfg.init_matching:
+            shared = {k: v for k, v in state.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
+            if meta["model"] != cfg.model or not shared:
+                raise ValueError(f"--init {spec} is a {theirs} checkpoint; this run trains {ours}: --init-matching "
+                                 "needs the same architecture with parameters of the same names and shapes")
+            fresh = [k for k in own if k not in shared]
+            self.notes.append(f"note: --init {spec} is {theirs}; loaded {len(shared)} of {len(own)} parameter "
+                              f"arrays into {ours}" + (f"; initialised afresh: {', '.join(fresh)}" if fresh else ""))
+            self.model.load_state_dict(shared, strict=False)
+            return
+        same = meta["model"] == cfg.model and {k: v.shape for k, v in state.items()} == \
+            {k: v.shape for k, v in own.items()}
         # a model that enlarges by itself takes weights of another scale only to fine-tune part of it (FSRCNN x3/x4
         # from x2: --train-only deconv, as in its paper)
         if not same or (not self.model.upsample_input and meta.get("scale") != cfg.scale and not cfg.train_only):
             raise ValueError(f"--init {spec} is a {theirs} checkpoint; this run trains {ours}: give weights of the "
                              "same architecture" + ("" if same else " and config") + " and scale"
-                             + ("" if not same else " (or fine-tune part of it with --train-only)"))
+                             + (" (or load the parameters that match with --init-matching)" if not same
+                                else " (or fine-tune part of it with --train-only)"))
         if int(meta.get("scale", cfg.scale)) != cfg.scale:
             self.notes.append(f"note: --init {spec} is {theirs}; fine-tuning it as {ours}")
-        self.model.load_state_dict(src.state_dict())
+        self.model.load_state_dict(state)
 
     # --------------------------------------------------------------------------------------------- checkpoints
     def meta(self) -> dict:
@@ -646,6 +661,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default runs/<model>-x<scale>-<time>)")
     p.add_argument("--resume", help="checkpoint (last.npz) to continue exactly")
     p.add_argument("--init", help="start from these weights (a checkpoint or shipped name of the same architecture)")
+    p.add_argument("--init-matching", action="store_true",
+                   help="with --init: load only the parameters whose names and shapes match (e.g. EDSR x2 from x4 "
+                        "weights: all but the second upsampling stage); the others start as initialised")
     p.add_argument("--train-only", help="train only the parameters with these name prefixes (comma-separated), "
                                         "e.g. deconv for FSRCNN x3/x4 from x2")
     p.add_argument("--dsm", type=_ints, help="fsrcnn d,s,m (default 56,12,4)")
@@ -713,6 +731,7 @@ def config_from_args(args) -> Config:
         lr_step=pick("lr_step", r["lr_step"]), lr_gamma=pick("lr_gamma", r["lr_gamma"]), clip=pick("clip", r["clip"]),
         loss=pick("loss", r["loss"]), smoothness=args.smoothness, augment=not args.no_augment, seed=args.seed,
         device=args.device, backend=args.backend, out=args.out, init=args.init, train_only=args.train_only,
+        init_matching=args.init_matching,
         model_cfg=model_cfg)
 
 

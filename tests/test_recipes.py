@@ -89,13 +89,38 @@ def test_init_from_another_architecture_or_scale_names_both(data, tmp_path, caps
     assert code == 2 and "features 16-4" in err
     edsr = save_model(tmp_path / "edsr.npz", "edsr", dict(scale=2, n_resblocks=1, n_feats=8), 2)
     code, _, err = run_main(capsys, argv("edsr", data, tmp_path / "r", "--init", edsr, "--scale", "4"))
-    assert code == 2 and "edsr x2" in err and "edsr x4" in err
+    assert code == 2 and "edsr x2" in err and "edsr x4" in err and "--init-matching" in err
     assert not (tmp_path / "r" / "last.npz").exists()
     # SRCNN's weights work at any scale: another scale is a fine-tuning start, said so
     srcnn = save_model(tmp_path / "srcnn.npz", "srcnn", dict(features=(8, 4)), 2)
     code, out, err = run_main(capsys, argv("srcnn", data, tmp_path / "ok", "--init", srcnn, "--steps", "1"))
     assert code == 0, err
     assert "srcnn x2" in out and "srcnn x3" in out
+
+
+def test_init_matching_loads_the_shared_parameters_of_another_scale(data, tmp_path, capsys):
+    """EDSR x2 from x4 weights (--init-matching): every x2 parameter has an x4 twin of the same name and shape, so
+    all are loaded and the x4-only second upsampling stage is dropped; from x2 to x4 that stage starts fresh."""
+    x4 = save_model(tmp_path / "x4.npz", "edsr", dict(scale=4, n_resblocks=1, n_feats=8), 4)
+    src = models.load(str(x4))[0].state_dict()
+    x2 = train.Trainer(parse(*argv("edsr", data, tmp_path / "a", "--scale", "2", "--init", str(x4),
+                                   "--init-matching")), tmp_path / "a")
+    got = x2.model.state_dict()
+    assert set(got) < set(src) and all(np.array_equal(got[k], src[k]) for k in got)
+    assert f"loaded {len(got)} of {len(got)} parameter arrays" in x2.notes[0] and len(got) == 16
+    x2_file = save_model(tmp_path / "x2.npz", "edsr", dict(scale=2, n_resblocks=1, n_feats=8), 2)
+    names4 = set(models.build("edsr", scale=4, n_resblocks=1, n_feats=8).state_dict())
+    up = train.Trainer(parse(*argv("edsr", data, tmp_path / "b", "--scale", "4", "--init", str(x2_file),
+                                   "--init-matching")), tmp_path / "b")
+    only4 = sorted(names4 - set(models.load(str(x2_file))[0].state_dict()))
+    assert only4 == ["tail.0.2.bias", "tail.0.2.weight"] and all(k in up.notes[0] for k in only4)
+    assert "loaded 16 of 18" in up.notes[0]
+    # another architecture shares no parameter: still an error naming both
+    vdsr = save_model(tmp_path / "vdsr.npz", "vdsr", dict(depth=3, features=8), 2)
+    code, _, err = run_main(capsys, argv("edsr", data, tmp_path / "c", "--init", vdsr, "--init-matching"))
+    assert code == 2 and "vdsr x2" in err and "edsr x2" in err and "same names and shapes" in err
+    code, _, err = run_main(capsys, argv("edsr", data, tmp_path / "c", "--init-matching"))
+    assert code == 2 and "give --init too" in err
 
 
 def test_resume_with_another_model_or_scale_names_both(data, tmp_path, capsys):
