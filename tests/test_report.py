@@ -1,6 +1,7 @@
 """The paper table (``python -m minisr.eval --table`` / ``python -m minisr.report``)."""
 
 import json
+from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
@@ -111,3 +112,26 @@ def test_papers_and_shipped_models():
         for s in report.model_scales(meta):
             assert (report.paper_of(meta), "Set5", s) in report.PUBLISHED, name
     assert np.isclose(report.PUBLISHED["srcnn", "Set5", 3][0], 32.75)
+
+
+# -------------------------------------------------------------------------------- the committed table is current
+TABLE = Path(__file__).resolve().parents[1] / "docs" / "paper-table" / "results.json"
+
+
+def _committed_set5_rows():
+    rows = json.loads(TABLE.read_text())["results"] if TABLE.exists() else []
+    return {(r["model"], r["scale"]): r for r in rows if r["dataset"] == "Set5" and not r["ensemble"]}
+
+
+@pytest.mark.parametrize("name", sorted(report.shipped_models()) or ["none"])
+def test_committed_table_matches_the_shipped_weights_on_set5(data_root, name):
+    """docs/paper-table (the model card's numbers) lists every shipped model, and its Set5 scores are what minisr.eval
+    gives for the weights in minisr/weights now: a weight file replaced without regenerating the table fails here."""
+    if name == "none":
+        pytest.skip("no shipped weights (minisr/weights/*.npz)")
+    meta, rows = report.shipped_models()[name], _committed_set5_rows()
+    for scale in report.model_scales(meta):
+        assert (name, scale) in rows, f"{name} x{scale} is shipped but not in {TABLE}: run minisr.eval --table"
+        now = sr_eval.evaluate(make_upscaler(name, scale), "Set5", scale, data_root=data_root)["mean"]
+        assert now["psnr"] == pytest.approx(rows[name, scale]["psnr"], abs=0.01), (name, scale)
+        assert now["ssim"] == pytest.approx(rows[name, scale]["ssim"], abs=1e-4), (name, scale)
