@@ -103,9 +103,38 @@ def prelu_backward(g, x, w):
 
 
 @njit(**_jit)
-def _tanh_fwd(x, y):
+def _tanh_fwd(x, y):  # float64 (gradchecks): libm's tanh, one call per element
     for k in prange(x.size):
         y[k] = np.tanh(x[k])
+
+
+# float32 tanh as a rational function, tanh(x) ~ x P(x^2) / Q(x^2) with P of degree 6 and Q of degree 3 in x^2, on x
+# clamped to [-7.9053, 7.9053] (beyond, tanh rounds to +-1 in float32) -- the approximation Eigen's vectorised float
+# tanh uses. No libm call: LLVM vectorises the loop (a libm tanhf per element cost 29 ns; ESPCN x3's two tanh took
+# more time than its convolutions). Error against float64 tanh, measured on 2 * 10^7 points of [-12, 12] and on
+# 10^-30..1: at most 3.9e-7 (6.6 ulp near |y| = 1), |y| <= 1; NaN stays NaN.
+_TANH_P = tuple(np.float32(v) for v in (4.89352455891786e-03, 6.37261928875436e-04, 1.48572235717979e-05,
+                                        5.12229709037114e-08, -8.60467152213735e-11, 2.00018790482477e-13,
+                                        -2.76076847742355e-16))
+_TANH_Q = tuple(np.float32(v) for v in (4.89352518554385e-03, 2.26843463243900e-03, 1.18534705686654e-04,
+                                        1.19825839466702e-06))
+_TANH_CLAMP, _TANH_TINY = np.float32(7.90531110763549805), np.float32(4e-4)
+
+
+@njit(**_jit)
+def _tanh_fwd_f32(x, y):
+    p0, p1, p2, p3, p4, p5, p6 = _TANH_P
+    q0, q1, q2, q3 = _TANH_Q
+    for k in prange(x.size):
+        v = x[k]
+        c = v if v < _TANH_CLAMP else _TANH_CLAMP
+        c = c if c > -_TANH_CLAMP else -_TANH_CLAMP
+        c2 = c * c
+        p = c * (p0 + c2 * (p1 + c2 * (p2 + c2 * (p3 + c2 * (p4 + c2 * (p5 + c2 * p6))))))
+        q = q0 + c2 * (q1 + c2 * (q2 + c2 * q3))
+        r = p / q
+        r = v if abs(v) < _TANH_TINY else r  # (tanh(x) = x to float32 precision)
+        y[k] = r if v == v else v  # NaN in, NaN out (the clamp would have made it 1)
 
 
 @njit(**_jit)
@@ -132,7 +161,7 @@ def _sigmoid_bwd(g, y, dx):
 
 
 def tanh_forward(x):
-    return _elementwise(_tanh_fwd, x, _c(x).reshape(-1))
+    return _elementwise(_tanh_fwd_f32 if x.dtype == np.float32 else _tanh_fwd, x, _c(x).reshape(-1))
 
 
 def tanh_backward(g, y):
