@@ -331,8 +331,9 @@ class Trainer:
         if not same or (not self.model.upsample_input and meta.get("scale") != cfg.scale and not cfg.train_only):
             raise ValueError(f"--init {spec} is a {theirs} checkpoint; this run trains {ours}: give weights of the "
                              "same architecture" + ("" if same else " and config") + " and scale"
-                             + (" (or load the parameters that match with --init-matching)" if not same
-                                else " (or fine-tune part of it with --train-only)"))
+                             + (" (or fine-tune part of it with --train-only)" if same
+                                else " (or load the parameters that match with --init-matching)"
+                                if meta["model"] == cfg.model else ""))
         if int(meta.get("scale", cfg.scale)) != cfg.scale:
             self.notes.append(f"note: --init {spec} is {theirs}; fine-tuning it as {ours}")
         self.model.load_state_dict(state)
