@@ -113,7 +113,7 @@ def shipped_models(names=None) -> dict[str, dict]:
     from .models import load, shipped
 
     out = {}
-    names = list(names if names else shipped())
+    names = list(names if names else shipped(aliases=False))  # vdsr.npz once, at each of its scales
     stems = [Path(n).stem if Path(n).suffix == ".npz" else n for n in names]
     for name, stem in zip(names, stems):
         _, meta = load(name)

@@ -258,3 +258,31 @@ def test_shipped_weights_load_by_name(rng, name):
     x = batch(rng, n=1, c=model.in_channels, h=2 * model.border + 8, w=2 * model.border + 8)
     out = forward(model, x)
     assert np.isfinite(out).all()
+
+
+def test_one_multiscale_file_answers_its_alias_names(tmp_path, monkeypatch, rng):
+    """vdsr.npz (x2, x3, x4) is shipped as vdsr-x2 / -x3 / -x4: each name loads the same network with its own scale,
+    the paper table sees the file once, and an alias whose scale the file lacks is an error naming both."""
+    monkeypatch.setattr(models, "WEIGHTS_DIR", tmp_path)
+    manual_seed(4)
+    model = models.build("vdsr", depth=3, features=8)
+    save_model(tmp_path / "vdsr.npz", "vdsr", model, scale=2, scales=[2, 3, 4])
+    assert sorted(models.shipped()) == ["vdsr", "vdsr-x2", "vdsr-x3", "vdsr-x4"]
+    assert sorted(models.shipped(aliases=False)) == ["vdsr"]
+    from minisr.report import shipped_models
+
+    assert list(shipped_models()) == ["vdsr"]
+    x = batch(rng, n=1, h=13, w=11)
+    for s in (2, 3, 4):
+        loaded, meta = models.load(f"vdsr-x{s}")
+        assert meta["scale"] == s and meta["name"] == f"vdsr-x{s}" and meta["path"] == str(tmp_path / "vdsr.npz")
+        np.testing.assert_array_equal(forward(loaded, x), forward(model, x))
+    from minisr.crops import default_models
+
+    assert default_models(3) == ["bicubic", "vdsr-x3"]
+    save_model(tmp_path / "vdsr.npz", "vdsr", model, scale=2, scales=[2])
+    with pytest.raises(ValueError, match=r"vdsr-x3 needs a model trained for x3.*scales \[2\]"):
+        models.load("vdsr-x3")
+    (tmp_path / "vdsr-x3.npz").write_bytes((tmp_path / "vdsr.npz").read_bytes())  # a file of that name wins
+    assert models.shipped()["vdsr-x3"] == tmp_path / "vdsr-x3.npz"
+    assert models.load("vdsr-x3")[1]["scale"] == 2

@@ -41,22 +41,38 @@ def build(name: str, **cfg):
     return MODELS[key](**cfg)
 
 
-def shipped() -> dict[str, Path]:
-    """Shipped weights: name (e.g. "srcnn-x3") -> .npz path inside the package."""
-    return {p.stem: p for p in sorted(WEIGHTS_DIR.glob("*.npz"))}
+#: shipped names that another shipped file answers at one of its scales: VDSR is one network for x2, x3 and x4
+#: (``vdsr.npz``), shipped as ``vdsr-x2``, ``vdsr-x3`` and ``vdsr-x4`` without three copies of its weights
+ALIASES = {f"vdsr-x{s}": ("vdsr", s) for s in (2, 3, 4)}
+
+
+def shipped(aliases: bool = True) -> dict[str, Path]:
+    """Shipped weights: name (e.g. "srcnn-x3") -> .npz path inside the package; with ``aliases`` also the names of
+    ALIASES whose file is shipped (``aliases=False``: each file once, e.g. for the paper table)."""
+    files = {p.stem: p for p in sorted(WEIGHTS_DIR.glob("*.npz"))}
+    if aliases:
+        files.update({a: files[f] for a, (f, _) in ALIASES.items() if f in files and a not in files})
+    return files
 
 
 def load(spec, device: str = "cpu"):
-    """``(model, meta)`` from a checkpoint path or a shipped name; the model is in eval mode on ``device``."""
-    path = Path(spec)
+    """``(model, meta)`` from a checkpoint path or a shipped name; the model is in eval mode on ``device``. An alias
+    (``vdsr-x3``) gives its file's model with ``meta["scale"]`` set to the alias's scale."""
+    path, alias = Path(spec), None
     if not path.is_file():
         known = shipped()
         if str(spec) not in known:
             raise FileNotFoundError(f"model {spec!r} is neither a checkpoint file nor a shipped model "
                                     f"(shipped: {', '.join(known) or 'none'})")
         path = known[str(spec)]
+        alias = ALIASES.get(str(spec)) if path.stem != str(spec) else None
     ckpt = checkpoint.load(path)
     meta = ckpt["meta"]
+    if alias:
+        if alias[1] not in [int(s) for s in meta.get("scales", [meta.get("scale")])]:
+            raise ValueError(f"{path}: {spec} needs a model trained for x{alias[1]}, this one has "
+                             f"scales {meta.get('scales', [meta.get('scale')])}")
+        meta = dict(meta, name=str(spec), scale=alias[1])
     if "model" not in meta or "config" not in meta:
         raise ValueError(f"{path}: checkpoint meta has no model name/config")
     model = build(meta["model"], **meta["config"])
