@@ -124,7 +124,9 @@ def shipped_models(names=None) -> dict[str, dict]:
 
 
 def model_scales(meta: dict) -> list[int]:
-    return [int(s) for s in (meta.get("scales") or [meta.get("scale")])]
+    from .models import trained_scales
+
+    return trained_scales(meta)
 
 
 def run_table(root: Path, models: dict[str, dict], ensemble: bool = False, log=print, datasets=None) -> list[dict]:

@@ -55,6 +55,11 @@ def shipped(aliases: bool = True) -> dict[str, Path]:
     return files
 
 
+def trained_scales(meta: dict) -> list[int]:
+    """The scales a checkpoint's model was trained for: ``meta["scales"]`` (mixed-scale runs), else its one scale."""
+    return [int(s) for s in (meta.get("scales") or [meta.get("scale")])]
+
+
 def load(spec, device: str = "cpu"):
     """``(model, meta)`` from a checkpoint path or a shipped name; the model is in eval mode on ``device``. An alias
     (``vdsr-x3``) gives its file's model with ``meta["scale"]`` set to the alias's scale."""
@@ -69,9 +74,9 @@ def load(spec, device: str = "cpu"):
     ckpt = checkpoint.load(path)
     meta = ckpt["meta"]
     if alias:
-        if alias[1] not in [int(s) for s in meta.get("scales", [meta.get("scale")])]:
+        if alias[1] not in trained_scales(meta):
             raise ValueError(f"{path}: {spec} needs a model trained for x{alias[1]}, this one has "
-                             f"scales {meta.get('scales', [meta.get('scale')])}")
+                             f"scales {trained_scales(meta)}")
         meta = dict(meta, name=str(spec), scale=alias[1])
     if "model" not in meta or "config" not in meta:
         raise ValueError(f"{path}: checkpoint meta has no model name/config")
