@@ -45,6 +45,22 @@ def test_paper_recipe_is_one_option_and_quick_the_default():
     assert parse("srcnn", "--lr-step", "3").schedule == "step"  # a step size asks for the step schedule
 
 
+def test_every_model_has_a_paper_recipe(monkeypatch):
+    """`--recipe paper` works for every trainable model (it raised KeyError for fsrcnn and espcn); the LR-space Y
+    models train on T91 alone, ESPCN on patches large enough that most outputs do not see the zero padding."""
+    for model in train.RECIPES:
+        cfg = parse(model, "--recipe", "paper")
+        assert cfg.recipe == "paper" and cfg.val == "Set5" and cfg.schedule in ("cosine", "step"), model
+    for model in ("fsrcnn", "espcn"):
+        cfg = parse(model, "--recipe", "paper")
+        assert cfg.data == "T91" and cfg.warmup > 0 and cfg.schedule == "cosine"
+    espcn = parse("espcn", "--recipe", "paper")
+    assert espcn.patch > parse("espcn").patch and espcn.batch_size * espcn.patch ** 2 >= 8 * 48 ** 2
+    monkeypatch.setitem(train.RECIPES, "newmodel", dict(train.RECIPES["srcnn"]))  # a model added without one
+    with pytest.raises(ValueError, match="no paper recipe for newmodel"):
+        train.recipe("newmodel", "paper")
+
+
 def lr_curve(cfg_args, data, tmp_path, steps):
     cfg = parse(*cfg_args)
     trainer = train.Trainer(cfg, tmp_path)
