@@ -18,8 +18,8 @@ import math
 import re
 
 __all__ = ["Parser", "validated", "positive_int", "nonneg_int", "int_range", "positive_float", "nonneg_float",
-           "float_range", "memory_size", "int_list", "device", "port", "fail", "check_train", "check_eval",
-           "check_upscale", "TRAIN", "SRGAN", "EVAL", "UPSCALE", "PRS", "SERVE"]
+           "float_range", "memory_size", "int_list", "float_list", "device", "port", "fail", "check_train",
+           "check_eval", "check_upscale", "TRAIN", "SRGAN", "EVAL", "UPSCALE", "PRS", "SERVE"]
 __all__ += ["CROPS"]
 
 
@@ -166,6 +166,25 @@ def int_list(lo: int = 1, hi: int | None = None, *, odd: bool = False, length: i
     return check
 
 
+def float_list(lo: float = 0.0, hi: float | None = None, *, lo_open: bool = False):
+    """``1,0.9,0.8``: numbers, each in the interval given (as :func:`float_range`)."""
+    one = float_range(lo, hi, lo_open=lo_open)
+    allowed = f"comma-separated numbers, each {one.allowed[len('a number '):]}"
+
+    def check(text):
+        items = [v for v in str(text).split(",") if v.strip()]
+        if not items:
+            raise _bad(text, allowed)
+        try:
+            return tuple(one(v) for v in items)
+        except argparse.ArgumentTypeError:
+            raise _bad(text, allowed) from None
+
+    check.__name__ = "float_list"
+    check.allowed = allowed
+    return check
+
+
 def device(text) -> str:
     """``cpu``, ``cuda`` or ``cuda:N``."""
     name = str(text).strip().lower()
@@ -181,6 +200,7 @@ device.allowed = "cpu, cuda or cuda:N"
 TRAIN = dict(
     scale=int_range(2, 4), scales=int_list(2, 4), epochs=positive_int, max_steps=positive_int,
     batch_size=positive_int, patch=int_range(2), stride=nonneg_int, patches_per_image=positive_int,
+    rescale=float_list(0.0, 1.0, lo_open=True),
     lr=positive_float, momentum=float_range(0.0, 1.0, hi_open=True), weight_decay=nonneg_float,
     lr_step=nonneg_int, lr_gamma=float_range(0.0, 1.0, lo_open=True), clip=positive_float, clip_norm=nonneg_float,
     warmup=nonneg_int, min_lr=fraction, save_every=nonneg_int, smoothness=nonneg_float, seed=seed, device=device,

@@ -162,6 +162,7 @@ class Config:
     patch: int = 33
     stride: int | None = 14
     patches_per_image: int | None = None
+    rescale: list | None = None  # scale augmentation: the factors each training image is also used at
     optimizer: str = "adam"
     lr: float = 1e-3
     momentum: float = 0.9
@@ -201,7 +202,8 @@ def _channels(model) -> str:
 def _patch_dataset(images, cfg: Config, model) -> PatchDataset:
     return PatchDataset(images, cfg.train_scales, cfg.patch, stride=cfg.stride,
                         patches_per_image=cfg.patches_per_image or 16, channels=_channels(model),
-                        augment=cfg.augment, mode="upscaled" if model.upsample_input else "lr", seed=cfg.seed)
+                        augment=cfg.augment, mode="upscaled" if model.upsample_input else "lr", seed=cfg.seed,
+                        rescale=cfg.rescale or (1.0,))
 
 
 def dataset_names(data: str) -> list[str]:
@@ -652,6 +654,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch", type=int, help="patch size (HR for srcnn/vdsr, LR for edsr)")
     p.add_argument("--stride", type=int, help="sub-image stride (0: random crops)")
     p.add_argument("--patches-per-image", type=int, help="random crops per image per epoch")
+    p.add_argument("--rescale", help="scale augmentation: also train on each image downscaled by these factors, "
+                                     "e.g. 1,0.9,0.8,0.7,0.6 (FSRCNN's; default 1: the images as they are)")
     p.add_argument("--optimizer", choices=["adam", "sgd"])
     p.add_argument("--lr", type=float)
     p.add_argument("--momentum", type=float, default=0.9)
@@ -738,6 +742,7 @@ def config_from_args(args) -> Config:
         epochs=pick("epochs", r["epochs"]), max_steps=args.max_steps, batch_size=pick("batch_size", r["batch_size"]),
         patch=pick("patch", r["patch"]), stride=stride or None,
         patches_per_image=pick("patches_per_image", r["patches_per_image"]),
+        rescale=list(args.rescale) if args.rescale else r.get("rescale"),
         optimizer=pick("optimizer", r["optimizer"]),
         lr=pick("lr", r["lr"]), momentum=args.momentum,
         weight_decay=pick("weight_decay", r.get("weight_decay", 1e-4 if args.model == "vdsr" else 0.0)),

@@ -272,3 +272,42 @@ def test_degradation_options(photos):
     np.testing.assert_array_equal(yc, yn)  # same patches, only the input degraded differently
     assert xc.shape == xn.shape and not np.allclose(xc, xn)
     assert np.isfinite(xn).all() and 0 <= xn.min() and xn.max() <= 1
+
+
+def test_rescale_adds_downscaled_copies_as_images_of_their_own(photos):
+    """Scale augmentation (FSRCNN's): with rescale=(1, 0.8) every patch is an aligned crop of the image itself or of
+    clip(imresize(image, 0.8)), computed here without PatchDataset, and each copy is cut on its own grid."""
+    img = photos[0]
+    ds = PatchDataset([img], scales=2, patch_size=6, stride=5, channels="y", augment=False, mode="lr", seed=4,
+                      rescale=(1.0, 0.8))
+    y = rgb_to_y(img)[..., None] / 255.0
+    copies = {1.0: y, 0.8: np.clip(imresize(y, 0.8), 0.0, 1.0)}
+    assert copies[0.8].shape[:2] == (40, 49)  # MATLAB's ceil(0.8 x 50, 0.8 x 61)
+    grids = {}
+    for f, im in copies.items():
+        inp_full, hr_full = full_pair((im * 255.0)[..., 0], 2, "rgb", "lr")  # already Y: no colour conversion
+        grids[f] = (inp_full[..., :1], hr_full[..., :1])
+    found = {1.0: 0, 0.8: 0}
+    for inputs, targets in ds.batches(7):
+        for a, b in zip(inputs, targets):
+            hits = [f for f, (inp_full, hr_full) in grids.items() if find_patch(hr_full, b) is not None]
+            assert len(hits) == 1
+            f = hits[0]
+            pos = find_patch(grids[f][1], b)
+            assert pos[0] % 10 == 0 and pos[1] % 10 == 0  # on the copy's own grid (stride 5 LR = 10 HR)
+            np.testing.assert_allclose(a.transpose(1, 2, 0), grids[f][0][pos[0] // 2:pos[0] // 2 + 6,
+                                                                        pos[1] // 2:pos[1] // 2 + 6], atol=1e-6)
+            found[f] += 1
+    n = {f: ((im.shape[0] // 2 - 6) // 5 + 1) * ((im.shape[1] // 2 - 6) // 5 + 1) for f, im in copies.items()}
+    assert found == n and len(ds) == sum(n.values()) and ds.steps_per_epoch(7) == -(-sum(n.values()) // 7)
+
+
+def test_rescale_one_is_the_images_as_they_are(photos):
+    plain = PatchDataset(photos, scales=2, patch_size=8, patches_per_image=6, seed=9)
+    same = PatchDataset(photos, scales=2, patch_size=8, patches_per_image=6, seed=9, rescale=[1])
+    for (a, b), (c, d) in zip(plain.batches(5, epoch=2), same.batches(5, epoch=2), strict=True):
+        np.testing.assert_array_equal(a, c)
+        np.testing.assert_array_equal(b, d)
+    for bad in [(), (0.0,), (1.5,), (1.0, -0.5)]:
+        with pytest.raises(ValueError, match="rescale"):
+            PatchDataset(photos, rescale=bad)

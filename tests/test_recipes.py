@@ -87,6 +87,18 @@ def test_several_datasets_at_once(data, more, tmp_path):
     assert len(two.data) == len(one.data) + len(extra.data) > len(one.data)
 
 
+def test_rescale_trains_on_downscaled_copies_too(data, tmp_path):
+    """--rescale 1,0.9,0.8 (scale augmentation) reaches the patch sampler: three sizes of every image, each cut into
+    its own patches, so more patches per epoch where the stride grid sets the count; the default is the images as
+    they are, and the factors travel with the run's configuration (what --resume rebuilds it from)."""
+    plain = train.Trainer(parse(*argv("srcnn", data, tmp_path / "a")), tmp_path / "a")
+    cfg = parse(*argv("srcnn", data, tmp_path / "b"), "--rescale", "1,0.9,0.8")
+    aug = train.Trainer(cfg, tmp_path / "b")
+    assert plain.data.rescale == (1.0,) and cfg.rescale == [1.0, 0.9, 0.8] and aug.data.rescale == (1.0, 0.9, 0.8)
+    assert len(plain.data) < len(aug.data) < 3 * len(plain.data)
+    assert train.Config(**train._jsonable(train.asdict(cfg))).rescale == [1.0, 0.9, 0.8]
+
+
 @pytest.mark.parametrize("case", ["small", "empty"])
 def test_a_dataset_without_usable_images_is_named(data, more, tmp_path, capsys, case):
     folder = more[1] if case == "small" else tmp_path / "empty"

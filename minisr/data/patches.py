@@ -1,7 +1,8 @@
 """Training patches, made on the fly from HR images.
 
-For every image (in a new random order each epoch) and every scale ``s``::
+For every image (in a new random order each epoch), every rescale factor ``f`` and every scale ``s``::
 
+    image = clip(imresize(image, f))          (scale augmentation; f = 1, the image itself, by default)
     hr = modcrop(image, s) on [0, 1]          (Y or RGB)
     lr = degrade(hr, s, blur_sigma, noise_sigma)   (= imresize(hr, 1/s) by default)
     mode 'upscaled':  input = clip(imresize(lr, s)), the bicubic-upscaled LR at HR size (SRCNN, VDSR)
@@ -11,7 +12,9 @@ For every image (in a new random order each epoch) and every scale ``s``::
 
 Patches are random crops (``patches_per_image`` per image and scale) or, with ``stride``, every sub-image on
 a grid (SRCNN's 33x33 with stride 14). ``augment`` applies one of the 8 flips / 90-degree rotations to each
-pair. Batches are float32 NCHW arrays on [0, 1].
+pair. ``rescale`` adds downscaled copies of each image (FSRCNN's scale augmentation: factors 1, 0.9, 0.8, 0.7 and
+0.6 make five training images of each), each one an image of its own in the epoch's order. Batches are float32
+NCHW arrays on [0, 1].
 
 Everything random comes from ``numpy.random.default_rng((seed, epoch))`` (the noise from a second stream,
 so that the patches stay put when the noise level changes): an epoch is the same whenever it is replayed.
@@ -52,11 +55,12 @@ class PatchDataset:
         seed: seed of every random choice.
         blur_sigma, noise_sigma: the degradation (:func:`minisr.data.degrade`); noise_sigma in grey levels.
         buffer_images: how many images' patches are pooled and shuffled together.
+        rescale: factors in (0, 1]: each image is used at each of these sizes (MATLAB imresize, antialiased).
     """
 
     def __init__(self, images, scales=2, patch_size: int = 33, *, stride=None, patches_per_image: int = 16,
                  channels: str = "y", augment: bool = True, mode: str = "upscaled", seed: int = 0,
-                 blur_sigma: float = 0.0, noise_sigma: float = 0.0, buffer_images: int = 8):
+                 blur_sigma: float = 0.0, noise_sigma: float = 0.0, buffer_images: int = 8, rescale=(1.0,)):
         if isinstance(images, (str, Path)):
             images = list_images(images)
         self.images = list(images)
@@ -67,6 +71,11 @@ class PatchDataset:
             raise ValueError(f"channels must be 'y' or 'rgb', got {channels!r}")
         if mode not in ("upscaled", "lr"):
             raise ValueError(f"mode must be 'upscaled' or 'lr', got {mode!r}")
+        self.rescale = tuple(float(f) for f in (rescale if isinstance(rescale, (list, tuple)) else [rescale]))
+        if not self.rescale or not all(0.0 < f <= 1.0 for f in self.rescale):
+            raise ValueError(f"rescale factors must be in (0, 1], got {rescale}")
+        # what an epoch shuffles: (image index, factor) pairs; one per image when there is no rescaling
+        self._items = [(k, f) for k in range(len(self.images)) for f in self.rescale]
         if patch_size < 1 or (stride is not None and stride < 1) or not self.scales or min(self.scales) < 1:
             raise ValueError(f"bad patch_size {patch_size} / stride {stride} / scales {self.scales}")
         self.patch_size, self.stride, self.patches_per_image = int(patch_size), stride, int(patches_per_image)
@@ -99,8 +108,10 @@ class PatchDataset:
         if self._shapes is None:
             import imageio.v3 as iio
 
-            self._shapes = [tuple(iio.improps(im).shape[:2]) if isinstance(im, (str, Path)) else im.shape[:2]
-                            for im in self.images]
+            base = [tuple(iio.improps(im).shape[:2]) if isinstance(im, (str, Path)) else im.shape[:2]
+                    for im in self.images]
+            self._shapes = [base[k] if f == 1.0 else (math.ceil(f * base[k][0]), math.ceil(f * base[k][1]))
+                            for k, f in self._items]  # imresize's output size
         return self._shapes
 
     def _counts_per_key(self):
@@ -123,14 +134,17 @@ class PatchDataset:
     # --- patches ---
 
     def _load(self, i: int):
-        """Image i as float64 HxWxC on [0, 1], C = 1 ('y') or 3 ('rgb')."""
-        img = self.images[i]
+        """Item i (an image at one rescale factor) as float64 HxWxC on [0, 1], C = 1 ('y') or 3 ('rgb')."""
+        k, factor = self._items[i]
+        img = self.images[k]
         img = read_image(img) if isinstance(img, (str, Path)) else np.asarray(img)
         scale = 255.0 if img.dtype == np.uint8 else 1.0
         if self.channels == "y":
-            return rgb_to_y(img)[..., None] / scale
-        img = img.astype(np.float64) / scale
-        return np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img
+            img = rgb_to_y(img)[..., None] / scale
+        else:
+            img = img.astype(np.float64) / scale
+            img = np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img
+        return img if factor == 1.0 else np.clip(imresize(img, factor), 0.0, 1.0)
 
     def _pairs(self, img, scale: int, rng, noise_rng):
         """All (input, target) CHW float32 patches of one image at one scale."""
@@ -164,7 +178,7 @@ class PatchDataset:
         """
         rng = np.random.default_rng((self.seed, epoch))
         noise_rng = np.random.default_rng((self.seed, epoch, 1))
-        order = rng.permutation(len(self.images))
+        order = rng.permutation(len(self._items))
         pools = {}  # one pool per batch shape: per scale in 'lr' mode, a single one in 'upscaled' mode
         step = 0
         for start in range(0, len(order), self.buffer_images):
