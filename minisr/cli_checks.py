@@ -143,6 +143,16 @@ def memory_size(text) -> int:
 memory_size.allowed = "a size such as 500M or 2G"
 
 
+def _each(one, items, text, allowed) -> tuple:
+    """``one`` applied to every item of a list option, or the whole option's error (an empty list is one too)."""
+    if not items:
+        raise _bad(text, allowed)
+    try:
+        return tuple(one(v) for v in items)
+    except argparse.ArgumentTypeError:
+        raise _bad(text, allowed) from None
+
+
 def int_list(lo: int = 1, hi: int | None = None, *, odd: bool = False, length: int | None = None):
     """``9,5,5`` or ``9x5x5``: integers, each in [lo, hi] (odd if asked), ``length`` of them if given."""
     one = int_range(lo, hi)
@@ -151,12 +161,9 @@ def int_list(lo: int = 1, hi: int | None = None, *, odd: bool = False, length: i
 
     def check(text):
         items = [v for v in str(text).replace("x", ",").split(",") if v.strip()]
-        if not items or (length and len(items) != length):
+        if length and len(items) != length:
             raise _bad(text, allowed)
-        try:
-            values = tuple(one(v) for v in items)
-        except argparse.ArgumentTypeError:
-            raise _bad(text, allowed) from None
+        values = _each(one, items, text, allowed)
         if odd and any(v % 2 == 0 for v in values):
             raise _bad(text, allowed)
         return values
@@ -172,13 +179,7 @@ def float_list(lo: float = 0.0, hi: float | None = None, *, lo_open: bool = Fals
     allowed = f"comma-separated numbers, each {one.allowed[len('a number '):]}"
 
     def check(text):
-        items = [v for v in str(text).split(",") if v.strip()]
-        if not items:
-            raise _bad(text, allowed)
-        try:
-            return tuple(one(v) for v in items)
-        except argparse.ArgumentTypeError:
-            raise _bad(text, allowed) from None
+        return _each(one, [v for v in str(text).split(",") if v.strip()], text, allowed)
 
     check.__name__ = "float_list"
     check.allowed = allowed

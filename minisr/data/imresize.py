@@ -86,6 +86,12 @@ def _resize_axis(img, axis: int, out_length: int, scale: float):
     return np.moveaxis(out, 0, axis)
 
 
+def resized_shape(in_shape, scale) -> tuple[int, int]:
+    """The (rows, cols) that :func:`imresize` gives an image of ``in_shape`` at ``scale``: ``ceil(scale * size)``."""
+    scales = _pair(scale)
+    return math.ceil(scales[0] * in_shape[0]), math.ceil(scales[1] * in_shape[1])
+
+
 def imresize(img, scale=None, output_shape=None):
     """Resize an image like MATLAB's ``imresize(img, scale, 'bicubic')`` (antialiased when shrinking).
 
@@ -103,8 +109,7 @@ def imresize(img, scale=None, output_shape=None):
         out_shape = (int(output_shape[0]), int(output_shape[1]))
         scales = (out_shape[0] / in_shape[0], out_shape[1] / in_shape[1]) if scale is None else _pair(scale)
     elif scale is not None:
-        scales = _pair(scale)
-        out_shape = (math.ceil(scales[0] * in_shape[0]), math.ceil(scales[1] * in_shape[1]))
+        scales, out_shape = _pair(scale), resized_shape(in_shape, scale)
     else:
         raise ValueError("imresize needs a scale or an output_shape")
     if min(scales) <= 0 or min(out_shape) <= 0 or min(in_shape) <= 0:

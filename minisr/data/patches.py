@@ -30,7 +30,7 @@ import numpy as np
 
 from minisr.data.color import rgb_to_y
 from minisr.data.degrade import degrade
-from minisr.data.imresize import imresize, modcrop
+from minisr.data.imresize import imresize, modcrop, resized_shape
 from minisr.data.io import list_images, read_image
 
 
@@ -110,8 +110,7 @@ class PatchDataset:
 
             base = [tuple(iio.improps(im).shape[:2]) if isinstance(im, (str, Path)) else im.shape[:2]
                     for im in self.images]
-            self._shapes = [base[k] if f == 1.0 else (math.ceil(f * base[k][0]), math.ceil(f * base[k][1]))
-                            for k, f in self._items]  # imresize's output size
+            self._shapes = [base[k] if f == 1.0 else resized_shape(base[k], f) for k, f in self._items]
         return self._shapes
 
     def _counts_per_key(self):
