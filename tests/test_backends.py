@@ -295,6 +295,35 @@ def test_numba_conv_gemms_over_threads_and_bands(N, band_bytes, monkeypatch):
 
 
 @pytest.mark.skipif("numba" not in OTHERS, reason="numba backend not importable")
+def test_numba_one_thread_bounds_blas_threads():
+    """With one Numba thread (NUMBA_NUM_THREADS=1), conv work that calls BLAS runs with one BLAS thread -- not
+    BLAS's default of every core, whose threads wait for cores that other processes hold -- and BLAS's count is
+    given back after; work that calls no BLAS leaves it alone."""
+    from minisr.backends.numba import threads
+
+    if threads._set_blas_threads is None:
+        pytest.skip("NumPy's BLAS is not OpenBLAS: its thread count cannot be set")
+    seen = []
+
+    def work(t, share):
+        n = threads._set_blas_threads(1)  # (read the current count)
+        threads._set_blas_threads(n)
+        seen.append(n)
+
+    numba_threads, blas_threads = threads.numba.get_num_threads(), threads._set_blas_threads(3)
+    try:
+        threads.numba.set_num_threads(1)
+        threads._run([(0, 0, 4), (1, 0, 4)], work)
+        assert seen == [1]
+        assert threads._set_blas_threads(3) == 3  # given back
+        threads._run([(0, 0, 4), (1, 0, 4)], work, blas=False)
+        assert seen == [1, 3]
+    finally:
+        threads.numba.set_num_threads(numba_threads)
+        threads._set_blas_threads(blas_threads)
+
+
+@pytest.mark.skipif("numba" not in OTHERS, reason="numba backend not importable")
 @pytest.mark.parametrize("dt", DTYPES)
 @pytest.mark.parametrize("case", [c for c in CONV if c[2] == (1, 1)] + [((2, 8, 7, 9), (3, 3), (1, 1), (1, 1))],
                          ids=lambda c: f"{c[0]}k{c[1]}p{c[3]}")
