@@ -166,7 +166,7 @@ def _run(bands, work, whole_images=False, blas=True):
     """work(t, bands share) on T threads (with single-threaded BLAS when the work calls BLAS); shares are
     contiguous (whole images when whole_images). On one thread, work that calls BLAS runs with as many BLAS
     threads as Numba has: with ``NUMBA_NUM_THREADS=1`` BLAS's own threads would wait for cores that other
-    processes hold (measured beside two busy runs on 2 cores: an FSRCNN x3 training step 682 ms, 83 ms with one
+    processes hold (measured beside two busy runs on 2 cores: an FSRCNN x3 training step 369-682 ms, 85 ms with one
     BLAS thread)."""
     T = min(_threads(blas), len(bands))
     if whole_images:
