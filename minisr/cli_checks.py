@@ -205,6 +205,7 @@ TRAIN = dict(
     lr=positive_float, momentum=float_range(0.0, 1.0, hi_open=True), weight_decay=nonneg_float,
     lr_step=nonneg_int, lr_gamma=float_range(0.0, 1.0, lo_open=True), clip=positive_float, clip_norm=nonneg_float,
     warmup=nonneg_int, min_lr=fraction, save_every=nonneg_int, smoothness=nonneg_float, seed=seed, device=device,
+    ema=float_range(0.0, 1.0, hi_open=True),
     dsm=int_list(1, length=3), kernels=int_list(1), features=int_list(1), depth=int_range(2),
     n_resblocks=positive_int, n_blocks=positive_int, n_feats=positive_int, res_scale=positive_float,
 )

@@ -250,7 +250,8 @@ class GANTrainer(T.Trainer):
         return m
 
     def checkpoint_groups(self) -> dict:
-        return {"disc": self.disc.state_dict(), "disc_optim": self.disc_optimizer.state_dict()}
+        return {**super().checkpoint_groups(), "disc": self.disc.state_dict(),
+                "disc_optim": self.disc_optimizer.state_dict()}
 
     def _restore(self, ckpt: dict) -> None:
         if not hasattr(self, "disc"):  # Trainer.__init__ calls this only with resume, which GANTrainer keeps back

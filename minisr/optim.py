@@ -1,5 +1,5 @@
 """Optimizers with torch.optim's update rules and interface, a step learning-rate schedule, and gradient
-clipping.
+clipping, and an exponential moving average of the weights.
 
 The update arithmetic is a backend kernel (``sgd_update`` / ``adam_update``), applied in place to each
 parameter.
@@ -8,6 +8,7 @@ parameter.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -15,7 +16,7 @@ from .backends import backend_for, get_array_module
 from .device import to_device
 from .tensor import Tensor, bump_version, check_grad
 
-__all__ = ["Optimizer", "SGD", "Adam", "StepLR", "clip_grad_norm_", "clip_grad_value_"]
+__all__ = ["Optimizer", "SGD", "Adam", "StepLR", "EMA", "clip_grad_norm_", "clip_grad_value_"]
 
 
 class Optimizer:
@@ -175,6 +176,62 @@ class StepLR:
     def load_state_dict(self, state: dict) -> None:
         self.last_epoch = int(state["last_epoch"])
         self.base_lrs = [float(v) for v in np.asarray(state["base_lrs"]).ravel()]
+
+
+class EMA:
+    """An exponential moving average of a model's parameters, updated after each optimizer step:
+
+        avg <- avg + (1 - decay) * (param - avg)        (= decay * avg + (1 - decay) * param)
+
+    torch.optim.swa_utils.AveragedModel with ``get_ema_multi_avg_fn(decay)`` (its first update copies the weights,
+    as this constructor does), BasicSR's ``ema_decay``. The average starts from the weights at construction, so it
+    is meant for decays whose horizon, 1 / (1 - decay) steps, is short beside the run (0.999: ~1,000 steps).
+    Buffers (BatchNorm's running statistics, already averages) are not averaged: ``applied`` leaves them as they are.
+    """
+
+    def __init__(self, model, decay: float = 0.999):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA: decay {decay} is not in [0, 1)")
+        self.decay = float(decay)
+        self.params = dict(model.named_parameters())
+        self.avg = {name: p.data.copy() for name, p in self.params.items()}
+
+    def update(self) -> None:
+        """Move every average towards its parameter's current value."""
+        for name, p in self.params.items():
+            avg = self.avg[name]
+            avg += avg.dtype.type(1.0 - self.decay) * (p.data - avg)
+
+    @contextmanager
+    def applied(self):
+        """Inside the ``with``, the model's parameters hold the averages (to validate or save them); after it,
+        their own values again, also on an error."""
+        kept = {name: p.data.copy() for name, p in self.params.items()}
+        try:
+            self._write(self.avg)
+            yield
+        finally:
+            self._write(kept)
+
+    def _write(self, values: dict) -> None:
+        for name, p in self.params.items():
+            p.data[...] = values[name]
+            bump_version(p.data)  # an in-place write, as the optimizer's
+
+    def state_dict(self) -> dict:
+        """Name -> NumPy copy of each average (the model's parameter names; np.savez friendly)."""
+        return {name: np.array(a.get() if hasattr(a, "get") else a, copy=True) for name, a in self.avg.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        missing = sorted(set(self.avg) - set(state))
+        unexpected = sorted(set(state) - set(self.avg))
+        if missing or unexpected:
+            raise KeyError(f"EMA.load_state_dict: missing averages {missing}, unexpected {unexpected}")
+        for name, p in self.params.items():
+            v = np.asarray(state[name])
+            if v.shape != p.shape:
+                raise ValueError(f"EMA.load_state_dict: {name} has shape {v.shape}, the parameter {p.shape}")
+            self.avg[name] = to_device(np.array(v, dtype=p.dtype, order="C"), p.device)
 
 
 def clip_grad_norm_(params, max_norm: float) -> float:

@@ -7,6 +7,7 @@ photos; no download), validates each epoch, and prints the validation PSNR again
 CPU); ``--recipe paper`` is the long one behind the shipped weights (T91 + BSD200, validated on Set5; ``--data`` takes
 several datasets joined by commas). Both warm the learning rate up, decay it (cosine by default) and clip the
 gradients' global norm, so that the validation curve does not collapse; ``best.npz`` is the best validation epoch.
+With ``--ema DECAY`` validation measures, and ``best.npz`` keeps, a moving average of the weights (``optim.EMA``).
 
 ``python -m minisr.train --resume RUN/last.npz [--steps N | --epochs N]`` continues a run exactly: the same batches,
 learning rates, optimizer state and per-epoch losses as if it had never stopped. Ctrl-C saves ``last.npz`` and exits
@@ -19,6 +20,7 @@ the same options plus the adversarial ones (``--adv-weight``, ``--d-lr``, ...); 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import math
@@ -175,6 +177,7 @@ class Config:
     warmup: int = 0
     min_lr: float = 0.01
     save_every: int = 0
+    ema: float = 0.0  # decay of the weights' moving average (0: none) that validation, best.npz use
     recipe: str = "quick"
     loss: str = "mse"
     smoothness: float = 0.0
@@ -295,6 +298,7 @@ class Trainer:
             freeze_except(self.model, cfg.train_only)
         self.model.to(cfg.device)
         self.optimizer = make_optimizer(cfg, self.model)
+        self.ema = O.EMA(self.model, cfg.ema) if cfg.ema else None
         self.data = make_dataset(cfg, self.model)
         if self.data.steps_per_epoch(cfg.batch_size) == 0:
             raise ValueError(f"no training patches: every image of {cfg.data} is smaller than the {cfg.patch}x"
@@ -361,8 +365,14 @@ class Trainer:
                     rng_state=mrandom.generator().bit_generator.state)
 
     def checkpoint_groups(self) -> dict:
-        """More state saved beside the model's in each checkpoint ({group: {key: array}}; SRGAN: the discriminator)."""
-        return {}
+        """More state saved beside the model's in each checkpoint ({group: {key: array}}): the weights' moving
+        average (``ema/``) with --ema; SRGAN adds the discriminator."""
+        return {"ema": self.ema.state_dict()} if self.ema else {}
+
+    def averaged(self):
+        """``with self.averaged():`` the model holds the weights that validation measures and best.npz keeps: the
+        moving average with --ema, its own otherwise."""
+        return self.ema.applied() if self.ema else contextlib.nullcontext()
 
     def save(self, name: str) -> Path:
         try:
@@ -380,6 +390,11 @@ class Trainer:
         self.epoch, self.step, self.step_in_epoch = meta["epoch"], meta["step"], meta["step_in_epoch"]
         self.epoch_losses, self.epoch_seconds = list(meta.get("epoch_losses", [])), meta.get("epoch_seconds", 0.0)
         self.history, self.best = meta["history"], meta["best_psnr"]
+        if self.ema:
+            if "ema" not in ckpt:
+                raise ValueError("the checkpoint has no weight average (ema/), but its run has --ema: not a "
+                                 "minisr.train checkpoint of that run")
+            self.ema.load_state_dict(ckpt["ema"])
         if "rng_state" in meta:  # the data order comes from (seed, epoch, step_in_epoch); this is the init generator
             mrandom.generator().bit_generator.state = meta["rng_state"]
 
@@ -446,8 +461,9 @@ class Trainer:
 
         self.model.eval()
         meta = dict(model=self.cfg.model, scale=self.cfg.scale, scales=self.cfg.train_scales)
-        res = evaluate(Upscaler(self.model, meta, self.cfg.scale, device=self.cfg.device), self.val, self.cfg.scale,
-                       data_root=self.cfg.data_root)
+        with self.averaged():
+            res = evaluate(Upscaler(self.model, meta, self.cfg.scale, device=self.cfg.device), self.val,
+                           self.cfg.scale, data_root=self.cfg.data_root)
         self.model.train()
         return res["mean"]
 
@@ -477,6 +493,8 @@ class Trainer:
                         status = "nan"
                         self._stop_on_nan(f"the loss became {value}", self.step + 1)
                         break
+                    if self.ema:
+                        self.ema.update()
                     self.epoch_losses.append(value)
                     seen += len(x)
                     self.step += 1
@@ -534,7 +552,8 @@ class Trainer:
         self.save("last.npz")
         if val["psnr"] > self.best:
             self.best = val["psnr"]
-            self.save("best.npz")
+            with self.averaged():
+                self.save("best.npz")
         self.write_history()
 
     def epoch_row(self, val: dict) -> dict:
@@ -669,6 +688,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, help="linear learning-rate warm-up over this many steps")
     p.add_argument("--min-lr", type=float, help="cosine schedule's last learning rate, as a fraction of --lr")
     p.add_argument("--save-every", type=int, help="also save last.npz every this many steps inside an epoch")
+    p.add_argument("--ema", type=float, help="validate and keep as best.npz an exponential moving average of the "
+                   "weights with this decay per step (e.g. 0.999; default 0: the weights themselves)")
     p.add_argument("--loss", choices=["mse", "l1"])
     p.add_argument("--smoothness", type=float, default=0.0, help="weight of the smoothness prior added to the loss")
     p.add_argument("--no-augment", action="store_true")
@@ -738,7 +759,7 @@ def config_from_args(args) -> Config:
         clip_norm=pick("clip_norm", r.get("clip_norm")) or None,
         schedule=pick("schedule", "step" if args.lr_step else r.get("schedule", "step")),
         warmup=pick("warmup", r.get("warmup", 0)), min_lr=pick("min_lr", r.get("min_lr", 0.01)),
-        save_every=pick("save_every", r.get("save_every", 0)),
+        save_every=pick("save_every", r.get("save_every", 0)), ema=pick("ema", r.get("ema", 0.0)),
         epochs=pick("epochs", r["epochs"]), max_steps=args.max_steps, batch_size=pick("batch_size", r["batch_size"]),
         patch=pick("patch", r["patch"]), stride=stride or None,
         patches_per_image=pick("patches_per_image", r["patches_per_image"]),

@@ -217,3 +217,95 @@ def test_bad_hyper_parameters():
         optim.Adam(ps, betas=(1.0, 0.9))
     with pytest.raises(ValueError, match="empty"):
         optim.SGD([], lr=0.1)
+
+
+# --------------------------------------------------------------------------------------- weight moving average
+def _torch_twin(torch, model):
+    """torch's copy of small_model(), with its weights."""
+    tm = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3, padding=1),
+                             torch.nn.PixelShuffle(2)).double()
+    with torch.no_grad():
+        for tp, p in zip(tm.parameters(), model.parameters()):
+            tp.copy_(torch.tensor(p.numpy()))
+    return tm
+
+
+@pytest.mark.parametrize("decay", [0.5, 0.9])
+def test_ema_matches_torch_averaged_model(backend, decay):
+    """EMA(model, decay) and torch's AveragedModel(get_ema_multi_avg_fn(decay)) over the same SGD steps."""
+    torch = _torch()
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    model = small_model()
+    tm = _torch_twin(torch, model)
+    t_avg = AveragedModel(tm, multi_avg_fn=get_ema_multi_avg_fn(decay))
+    t_avg.update_parameters(tm)  # torch's first update copies the weights, as EMA's constructor
+    ema, opt, t_opt = optim.EMA(model, decay), optim.SGD(model.parameters(), lr=0.1), torch.optim.SGD(
+        tm.parameters(), lr=0.1)
+    for step in range(8):
+        compute_grads(model)
+        for p, tp in zip(model.parameters(), tm.parameters()):
+            tp.grad = torch.tensor(p.grad.copy())
+        opt.step()
+        t_opt.step()
+        ema.update()
+        t_avg.update_parameters(tm)
+        for (name, a), ta in zip(ema.state_dict().items(), t_avg.module.parameters()):
+            np.testing.assert_allclose(a, ta.detach().numpy(), rtol=1e-12, atol=1e-14,
+                                       err_msg=f"{name} after step {step + 1}")
+    # the average lags the weights: it is not simply a copy of them
+    assert any(not np.allclose(a, p.numpy()) for a, p in zip(ema.state_dict().values(), model.parameters()))
+
+
+def test_ema_applied_swaps_in_the_average_and_back():
+    model = small_model()
+    ema = optim.EMA(model, 0.5)
+    own = [p.numpy().copy() for p in model.parameters()]
+    for p in model.parameters():  # new weights: the average is now halfway
+        p.data += 1.0
+    ema.update()
+    x = Tensor(np.ones((1, 1, 4, 4)))
+    for fail in (False, True):
+        with pytest.raises(RuntimeError, match="inside") if fail else _nothing():
+            with ema.applied():
+                for p, w in zip(model.parameters(), own):
+                    np.testing.assert_allclose(p.numpy(), w + 0.5, rtol=1e-15)
+                if fail:
+                    raise RuntimeError("an error inside")
+        for p, w in zip(model.parameters(), own):  # the model's own weights again, after an error too
+            np.testing.assert_array_equal(p.numpy(), w + 1.0)
+    # the swap is an in-place write the version counter sees: a graph built before it cannot backpropagate
+    y = model(x).sum()
+    with ema.applied():
+        pass
+    with pytest.raises(RuntimeError, match="modified by an inplace operation|in-place|version"):
+        y.backward()
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_ema_state_dict_round_trip_and_errors():
+    model = small_model()
+    ema = optim.EMA(model, 0.9)
+    for p in model.parameters():
+        p.data *= 2.0
+    ema.update()
+    other = optim.EMA(small_model(seed=1), 0.9)
+    other.load_state_dict(ema.state_dict())
+    for (k, a), b in zip(ema.state_dict().items(), other.state_dict().values()):
+        np.testing.assert_array_equal(a, b, err_msg=k)
+    state = ema.state_dict()
+    name = next(iter(state))
+    with pytest.raises(ValueError, match=f"{name}.*shape"):
+        other.load_state_dict({**state, name: np.zeros(3)})
+    with pytest.raises(KeyError, match="missing averages"):
+        other.load_state_dict({k: v for k, v in state.items() if k != name})
+    for decay in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="decay"):
+            optim.EMA(model, decay)

@@ -55,7 +55,8 @@ def weights(path):
 
 def assert_same_state(a, b):
     ca, cb = checkpoint.load(a), checkpoint.load(b)
-    for group in ("model", "optim"):
+    assert ca.keys() == cb.keys()
+    for group in set(ca) - {"meta"}:  # model, optim and any extra group (ema)
         assert ca[group].keys() == cb[group].keys()
         for k in ca[group]:
             np.testing.assert_array_equal(ca[group][k], cb[group][k], err_msg=f"{group}/{k}")
@@ -118,9 +119,10 @@ def steps_per_epoch(model, data, tmp_path):
 
 
 @pytest.mark.parametrize("model,split", [("srcnn", "mid-epoch"), ("srcnn", "epoch-end"),
-                                         ("vdsr", "mid-epoch"), ("edsr", "mid-epoch")])
+                                         ("vdsr", "mid-epoch"), ("edsr", "mid-epoch"), ("edsr", "ema")])
 def test_resume_continues_exactly(data, tmp_path, capsys, model, split):
-    """N steps in one go == some steps, then --resume for the rest: same losses, weights, optimizer state."""
+    """N steps in one go == some steps, then --resume for the rest: same losses, weights, optimizer state (and
+    weight average, with --ema)."""
     spe = steps_per_epoch(model, data, tmp_path)
     assert spe >= 3
     first = spe + spe // 2 if split == "mid-epoch" else spe
@@ -129,6 +131,8 @@ def test_resume_continues_exactly(data, tmp_path, capsys, model, split):
     extra = ["--epochs", "3", "--lr-step", "1", "--lr-gamma", "0.5", "--warmup", "0"]
     if model == "srcnn":
         extra += ["--smoothness", "1e-3"]
+    if split == "ema":
+        extra += ["--ema", "0.7"]
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert run_main(capsys, argv(model, data, whole, "--steps", total, *extra))[0] == 0
     assert run_main(capsys, argv(model, data, parts, "--steps", first, *extra))[0] == 0
@@ -144,6 +148,28 @@ def test_resume_continues_exactly(data, tmp_path, capsys, model, split):
     meta_whole, meta_parts = (checkpoint.load(p / "last.npz")["meta"] for p in (whole, parts))
     assert without_time(meta_parts["history"]) == without_time(meta_whole["history"])
     assert meta_parts["epoch_losses"] == meta_whole["epoch_losses"]
+
+
+def test_ema_is_what_validation_measures_and_best_keeps(data, tmp_path, capsys):
+    """--ema: last.npz holds the weights and their average (ema/), best.npz the average as its model, and the
+    history's validation PSNR is the average's."""
+    from minisr.eval import evaluate
+    from minisr.upscalers import Upscaler
+
+    out = tmp_path / "ema"
+    code, _, err = run_main(capsys, argv("edsr", data, out, "--epochs", "1", "--steps", "4", "--ema", "0.5"))
+    assert code == 0, err
+    last, best = checkpoint.load(out / "last.npz"), checkpoint.load(out / "best.npz")
+    assert last["meta"]["train_config"]["ema"] == 0.5
+    net, meta = models.load(out / "best.npz")
+    assert set(last["ema"]) == {name for name, _ in net.named_parameters()}
+    for k, avg in last["ema"].items():
+        np.testing.assert_array_equal(best["model"][k], avg, err_msg=k)
+    assert any(not np.array_equal(last["model"][k], avg) for k, avg in last["ema"].items())
+    psnr = evaluate(Upscaler(net, meta, 2), str(data), 2)["mean"]["psnr"]
+    assert float(read_history(out)[0]["val_psnr"]) == pytest.approx(psnr, abs=1e-9)
+    code, _, err = run_main(capsys, ["--resume", str(out / "last.npz"), "--ema", "0.9"])
+    assert code == 2 and "--ema" in err  # a resumed run keeps its decay
 
 
 def test_ctrl_c_saves_and_resume_continues_exactly(data, tmp_path, capsys, monkeypatch):
