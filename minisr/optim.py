@@ -220,7 +220,7 @@ class EMA:
 
     def state_dict(self) -> dict:
         """Name -> NumPy copy of each average (the model's parameter names; np.savez friendly)."""
-        return {name: np.array(a.get() if hasattr(a, "get") else a, copy=True) for name, a in self.avg.items()}
+        return {name: np.array(to_device(a, "cpu"), copy=True) for name, a in self.avg.items()}
 
     def load_state_dict(self, state: dict) -> None:
         missing = sorted(set(self.avg) - set(state))

@@ -3,6 +3,8 @@ both CPU backends; and the optimizer state_dict round trip (continues exactly as
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -240,8 +242,8 @@ def test_ema_matches_torch_averaged_model(backend, decay):
     tm = _torch_twin(torch, model)
     t_avg = AveragedModel(tm, multi_avg_fn=get_ema_multi_avg_fn(decay))
     t_avg.update_parameters(tm)  # torch's first update copies the weights, as EMA's constructor
-    ema, opt, t_opt = optim.EMA(model, decay), optim.SGD(model.parameters(), lr=0.1), torch.optim.SGD(
-        tm.parameters(), lr=0.1)
+    ema = optim.EMA(model, decay)
+    opt, t_opt = optim.SGD(model.parameters(), lr=0.1), torch.optim.SGD(tm.parameters(), lr=0.1)
     for step in range(8):
         compute_grads(model)
         for p, tp in zip(model.parameters(), tm.parameters()):
@@ -266,7 +268,7 @@ def test_ema_applied_swaps_in_the_average_and_back():
     ema.update()
     x = Tensor(np.ones((1, 1, 4, 4)))
     for fail in (False, True):
-        with pytest.raises(RuntimeError, match="inside") if fail else _nothing():
+        with pytest.raises(RuntimeError, match="inside") if fail else contextlib.nullcontext():
             with ema.applied():
                 for p, w in zip(model.parameters(), own):
                     np.testing.assert_allclose(p.numpy(), w + 0.5, rtol=1e-15)
@@ -280,14 +282,6 @@ def test_ema_applied_swaps_in_the_average_and_back():
         pass
     with pytest.raises(RuntimeError, match="modified by an inplace operation|in-place|version"):
         y.backward()
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def test_ema_state_dict_round_trip_and_errors():
