@@ -774,6 +774,44 @@ def test_numba_workers_run_each_share_on_its_own_cpu():
 
 
 @pytest.mark.skipif("numba" not in OTHERS, reason="numba backend not importable")
+def test_numba_workers_never_wait_for_shares_no_worker_runs(monkeypatch):
+    """More shares than workers (a caller forcing two shares in a process with NUMBA_NUM_THREADS=1, as the tests
+    that monkeypatch _threads do): _run starts the workers it needs, and run() refuses at once instead of waiting
+    for ever. Each call runs in a thread joined with a timeout, so that a regression fails rather than hangs."""
+    import os
+    import threading
+
+    from minisr.backends.numba import threads as nb_threads
+
+    def finishes(fn):
+        result = {}
+
+        def target():
+            try:
+                result["value"] = fn()
+            except BaseException as e:  # noqa: BLE001 -- checked below
+                result["error"] = e
+
+        th = threading.Thread(target=target, daemon=True)
+        th.start()
+        th.join(20)
+        assert not th.is_alive(), "the call still waits for a share that no worker runs"
+        return result
+
+    got = finishes(lambda: nb_threads._Workers(1).run([lambda: None, lambda: None]))
+    assert isinstance(got.get("error"), ValueError) and "2 shares for 1 workers" in str(got["error"])
+    monkeypatch.setattr(nb_threads, "_pool", nb_threads._Workers(1))  # the pool of a NUMBA_NUM_THREADS=1 process
+    monkeypatch.setattr(nb_threads, "_pool_pid", os.getpid())
+    monkeypatch.setattr(nb_threads, "_threads", lambda blas=True: 3)
+    seen = []
+    got = finishes(lambda: nb_threads._run([(n, 0, 1) for n in range(6)], lambda t, share: seen.append((t, share)),
+                                           blas=False))
+    assert "error" not in got and sorted(t for t, _ in seen) == [0, 1, 2]
+    assert sorted(b for _, share in seen for b in share) == [(n, 0, 1) for n in range(6)]
+    assert len(nb_threads._pool.queues) == 3
+
+
+@pytest.mark.skipif("numba" not in OTHERS, reason="numba backend not importable")
 def test_numba_conv_keeps_no_reference_to_its_output():
     """Once the caller drops a conv's output, its workspace buffer is idle again (reused by the next call): no
     worker thread may keep the call's closure -- and so the output -- alive while it waits."""

@@ -52,9 +52,15 @@ class _Workers:
     three of a 6 ms conv took twice as long)."""
 
     def __init__(self, n):
+        self.queues = []
+        self.ensure(n)
+
+    def ensure(self, n):
+        """At least n workers: start the missing ones (worker t on CPU t modulo the CPUs this process may use)."""
         cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-        self.queues = [queue.SimpleQueue() for _ in range(n)]
-        for t, q in enumerate(self.queues):
+        for t in range(len(self.queues), n):
+            q = queue.SimpleQueue()
+            self.queues.append(q)
             cpu = {cpus[t % len(cpus)]} if cpus else None
             threading.Thread(target=self._loop, args=(q, cpu), name=f"minisr-conv-{t}", daemon=True).start()
 
@@ -89,6 +95,8 @@ class _Workers:
         If the wait is interrupted (Ctrl-C, or any exception), the shares not yet started are cancelled and the
         running ones waited for before the exception goes on: the caller's batch lock is then released only
         when no worker still writes its scratch buffers or the call's output."""
+        if len(fns) > len(self.queues):  # (zip would drop the extra shares, and the wait below never end)
+            raise ValueError(f"_Workers.run: {len(fns)} shares for {len(self.queues)} workers")
         call = _Call()
         try:
             for q, fn in zip(self.queues, fns):
@@ -124,13 +132,16 @@ class _Call:
                 continue
 
 
-def _workers():
-    """The conv worker threads (made on first use, and again in a forked child, which inherits no threads)."""
+def _workers(n):
+    """The conv worker threads, at least n of them (made on first use, one per Numba thread, and again in a forked
+    child, which inherits no threads; more when asked for more, as a test forcing two shares under
+    ``NUMBA_NUM_THREADS=1`` does)."""
     global _pool, _pool_pid
     with _pool_lock:
         if _pool is None or _pool_pid != os.getpid():
             _pool = _Workers(numba.config.NUMBA_NUM_THREADS)
             _pool_pid = os.getpid()
+        _pool.ensure(n)
         return _pool
 
 
@@ -189,4 +200,4 @@ def _run(bands, work, whole_images=False, blas=True):
         work(t, shares[t])
 
     with _batch_lock, _blas_threads(1 if blas else None):  # one batch at a time: the BLAS thread count is shared
-        _workers().run([lambda t=t: share(t) for t in range(T)])
+        _workers(T).run([lambda t=t: share(t) for t in range(T)])
