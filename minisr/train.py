@@ -658,7 +658,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", choices=sorted(RECIPES), help="architecture (optional with --resume)")
     p.add_argument("--scale", type=int, help="upscaling factor (default: srcnn and espcn 3, vdsr, edsr and fsrcnn 2, "
                                              "srresnet and srgan 4)")
-    p.add_argument("--scales", type=_ints, help="scales mixed in training, e.g. 2,3,4 (VDSR default)")
+    p.add_argument("--scales", type=_ints, help="scales mixed in training, e.g. 2,3,4 (VDSR default); "
+                   "a scale given twice is drawn twice as often (2,2,3,4)")
     p.add_argument("--recipe", choices=RECIPE_NAMES, default="quick",
                    help="quick (default): minutes on a CPU; paper: the long run on T91,BSD200 validated on Set5 that "
                         "makes the shipped weights (see minisr/weights/README.md)")

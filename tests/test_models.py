@@ -266,7 +266,8 @@ def test_one_multiscale_file_answers_its_alias_names(tmp_path, monkeypatch, rng)
     monkeypatch.setattr(models, "WEIGHTS_DIR", tmp_path)
     manual_seed(4)
     model = models.build("vdsr", depth=3, features=8)
-    save_model(tmp_path / "vdsr.npz", "vdsr", model, scale=2, scales=[2, 3, 4])
+    save_model(tmp_path / "vdsr.npz", "vdsr", model, scale=2, scales=[2, 2, 3, 4])  # x2 drawn twice as often
+    assert models.trained_scales(models.load("vdsr")[1]) == [2, 3, 4]
     assert sorted(models.shipped()) == ["vdsr", "vdsr-x2", "vdsr-x3", "vdsr-x4"]
     assert sorted(models.shipped(aliases=False)) == ["vdsr"]
     from minisr.report import shipped_models

@@ -56,8 +56,9 @@ def shipped(aliases: bool = True) -> dict[str, Path]:
 
 
 def trained_scales(meta: dict) -> list[int]:
-    """The scales a checkpoint's model was trained for: ``meta["scales"]`` (mixed-scale runs), else its one scale."""
-    return [int(s) for s in (meta.get("scales") or [meta.get("scale")])]
+    """The scales a checkpoint's model was trained for, each once and in order: ``meta["scales"]`` (mixed-scale runs;
+    a scale repeated there, e.g. ``--scales 2,2,3,4``, was drawn more often), else its one scale."""
+    return sorted({int(s) for s in (meta.get("scales") or [meta.get("scale")])})
 
 
 def load(spec, device: str = "cpu"):
