@@ -41,7 +41,10 @@ def test_paper_recipe_is_one_option_and_quick_the_default():
     for model in ("vdsr", "edsr"):
         cfg = parse(model, "--recipe", "paper")
         assert cfg.data == "T91,BSD200" and cfg.warmup > 0
-    assert parse("vdsr", "--recipe", "paper").optimizer == "adam"
+    vdsr = parse("vdsr", "--recipe", "paper")  # the run that made vdsr.npz: x2 drawn twice, a weight average
+    assert vdsr.optimizer == "adam" and vdsr.train_scales == [2, 2, 3, 4] and vdsr.ema == 0.999
+    assert parse("vdsr").train_scales == [2, 3, 4]
+    assert parse("vdsr", "--recipe", "paper", "--scale", "3").train_scales == [3]
     assert parse("srcnn", "--lr-step", "3").schedule == "step"  # a step size asks for the step schedule
 
 
