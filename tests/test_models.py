@@ -273,6 +273,10 @@ def test_one_multiscale_file_answers_its_alias_names(tmp_path, monkeypatch, rng)
     from minisr.report import shipped_models
 
     assert list(shipped_models()) == ["vdsr"]
+    from minisr.report import model_scales
+
+    chosen = shipped_models(["vdsr-x3", "vdsr"])  # an alias is evaluated at its own scale only
+    assert [model_scales(m) for m in chosen.values()] == [[3], [2, 3, 4]]
     x = batch(rng, n=1, h=13, w=11)
     for s in (2, 3, 4):
         loaded, meta = models.load(f"vdsr-x{s}")
