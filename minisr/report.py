@@ -111,7 +111,7 @@ def benchmarks(root: Path) -> list[str]:
 def shipped_models(names=None) -> dict[str, dict]:
     """``{name: meta}`` of the shipped weights (or of ``names``: shipped names or checkpoint paths). A name that
     answers one scale of a multi-scale file (``vdsr-x3``) is evaluated at that scale only."""
-    from .models import ALIASES, load, shipped
+    from .models import load, shipped
 
     out = {}
     names = list(names if names else shipped(aliases=False))  # vdsr.npz once, at each of its scales
@@ -121,7 +121,7 @@ def shipped_models(names=None) -> dict[str, dict]:
         if stems.count(stem) > 1:  # runs/a/best.npz and runs/b/best.npz: a/best, b/best
             stem = f"{Path(name).parent.name}/{stem}"
         out[stem] = dict(meta, spec=str(name))
-        if str(name) in ALIASES and Path(meta["path"]).stem != str(name):
+        if meta.get("alias_of"):
             out[stem]["table_scales"] = [int(meta["scale"])]
     return out
 

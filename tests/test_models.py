@@ -281,6 +281,7 @@ def test_one_multiscale_file_answers_its_alias_names(tmp_path, monkeypatch, rng)
     for s in (2, 3, 4):
         loaded, meta = models.load(f"vdsr-x{s}")
         assert meta["scale"] == s and meta["name"] == f"vdsr-x{s}" and meta["path"] == str(tmp_path / "vdsr.npz")
+        assert meta["alias_of"] == "vdsr" and "alias_of" not in models.load("vdsr")[1]
         np.testing.assert_array_equal(forward(loaded, x), forward(model, x))
     from minisr.crops import default_models
 

@@ -63,7 +63,8 @@ def trained_scales(meta: dict) -> list[int]:
 
 def load(spec, device: str = "cpu"):
     """``(model, meta)`` from a checkpoint path or a shipped name; the model is in eval mode on ``device``. An alias
-    (``vdsr-x3``) gives its file's model with ``meta["scale"]`` set to the alias's scale."""
+    (``vdsr-x3``) gives its file's model with ``meta["scale"]`` set to the alias's scale and ``meta["alias_of"]`` to
+    the file's name."""
     path, alias = Path(spec), None
     if not path.is_file():
         known = shipped()
@@ -78,7 +79,7 @@ def load(spec, device: str = "cpu"):
         if alias[1] not in trained_scales(meta):
             raise ValueError(f"{path}: {spec} needs a model trained for x{alias[1]}, this one has "
                              f"scales {trained_scales(meta)}")
-        meta = dict(meta, name=str(spec), scale=alias[1])
+        meta = dict(meta, name=str(spec), scale=alias[1], alias_of=path.stem)
     if "model" not in meta or "config" not in meta:
         raise ValueError(f"{path}: checkpoint meta has no model name/config")
     model = build(meta["model"], **meta["config"])
