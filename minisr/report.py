@@ -109,8 +109,7 @@ def benchmarks(root: Path) -> list[str]:
 
 
 def shipped_models(names=None) -> dict[str, dict]:
-    """``{name: meta}`` of the shipped weights (or of ``names``: shipped names or checkpoint paths). A name that
-    answers one scale of a multi-scale file (``vdsr-x3``) is evaluated at that scale only."""
+    """``{name: meta}`` of the shipped weights (or of ``names``: shipped names or checkpoint paths)."""
     from .models import load, shipped
 
     out = {}
@@ -121,15 +120,14 @@ def shipped_models(names=None) -> dict[str, dict]:
         if stems.count(stem) > 1:  # runs/a/best.npz and runs/b/best.npz: a/best, b/best
             stem = f"{Path(name).parent.name}/{stem}"
         out[stem] = dict(meta, spec=str(name))
-        if meta.get("alias_of"):
-            out[stem]["table_scales"] = [int(meta["scale"])]
     return out
 
 
 def model_scales(meta: dict) -> list[int]:
+    """The scales to evaluate: a name that answers one scale of a multi-scale file (``vdsr-x3``) that scale only."""
     from .models import trained_scales
 
-    return meta.get("table_scales") or trained_scales(meta)
+    return [int(meta["scale"])] if meta.get("alias_of") else trained_scales(meta)
 
 
 def run_table(root: Path, models: dict[str, dict], ensemble: bool = False, log=print, datasets=None) -> list[dict]:
